@@ -1,0 +1,489 @@
+/* vramfit: run Stable Diffusion family models in whatever GPU memory you have.
+ *
+ * The public C API. Handles are opaque; option structs are filled with defaults by
+ * their *_init() function and then edited. Every call returns a vf_status; on
+ * failure vf_last_error() gives a message for this thread that names the file,
+ * tensor or argument at fault. The library never aborts, exits or prints to stdout.
+ */
+#ifndef VRAMFIT_H
+#define VRAMFIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define VF_API __attribute__((visibility("default")))
+#else
+#define VF_API
+#endif
+
+/* ---- status and errors ---------------------------------------------------- */
+
+typedef enum vf_status {
+    VF_OK = 0,
+    VF_ERR_INVALID_ARG,  /* a caller's argument is out of range or malformed  */
+    VF_ERR_IO,           /* a file could not be opened, read or written       */
+    VF_ERR_FORMAT,       /* a file's contents are malformed                   */
+    VF_ERR_NOT_FOUND,    /* a required file, component or tensor is missing   */
+    VF_ERR_SHAPE,        /* a tensor has the wrong shape for the architecture */
+    VF_ERR_UNSUPPORTED,  /* valid, but not something vramfit handles          */
+    VF_ERR_NO_MEMORY,    /* a host allocation failed                          */
+    VF_ERR_DEVICE,       /* the GPU runtime reported an error                 */
+    VF_ERR_BUDGET,       /* the request does not fit the memory budget        */
+    VF_ERR_CANCELLED,    /* a callback asked to stop                          */
+    VF_ERR_INTERNAL      /* a bug in vramfit                                  */
+} vf_status;
+
+/* A short fixed name for a status ("invalid argument", ...). */
+VF_API const char *vf_status_str(vf_status st);
+/* The message of the last failing call on this thread ("" when none). */
+VF_API const char *vf_last_error(void);
+VF_API const char *vf_version(void);
+
+/* ---- dtypes ----------------------------------------------------------------- */
+
+/* Element types: the safetensors set, plus vramfit's own quantized formats. */
+typedef enum vf_dtype {
+    VF_DTYPE_F32 = 0, VF_DTYPE_F16, VF_DTYPE_BF16, VF_DTYPE_F8_E4M3, VF_DTYPE_F8_E5M2,
+    VF_DTYPE_I8, VF_DTYPE_U8, VF_DTYPE_I16, VF_DTYPE_I32, VF_DTYPE_I64, VF_DTYPE_F64,
+    VF_DTYPE_BOOL,
+    VF_DTYPE_COUNT
+} vf_dtype;
+
+VF_API const char *vf_dtype_name(vf_dtype t);   /* "F32", "F16", ... as safetensors spells them */
+
+/* ---- resources -------------------------------------------------------------- */
+
+#define VF_MAX_DEVICES 16
+
+typedef struct vf_device_info {
+    char name[256];
+    int index;
+    int cc_major, cc_minor;       /* compute capability                       */
+    uint64_t total_vram;          /* bytes                                    */
+    uint64_t free_vram;           /* bytes, as cudaMemGetInfo reports         */
+    int multiprocessors;
+} vf_device_info;
+
+typedef struct vf_resources {
+    int has_cuda;                 /* a CUDA runtime and at least one device   */
+    int has_mps;                  /* Apple Metal; always 0 on Linux           */
+    int device_count;
+    int driver_version;           /* e.g. 13000 for 13.0; 0 when unknown      */
+    int runtime_version;
+    char cuda_error[256];         /* why CUDA is unavailable, when it is      */
+    vf_device_info devices[VF_MAX_DEVICES];
+    uint64_t total_ram;           /* bytes, the smaller of the machine's and the cgroup limit */
+    uint64_t available_ram;       /* bytes, likewise                          */
+    uint64_t cgroup_limit;        /* bytes; 0 when no limit applies           */
+    int cpu_cores;                /* online logical cores usable by this process */
+    char cpu_name[128];
+    char simd[128];               /* e.g. "sse4.2 avx avx2 fma avx512f"       */
+} vf_resources;
+
+/* Never fails for lack of a GPU: without CUDA it reports has_cuda = 0. The CUDA
+ * runtime is loaded at run time: libcudart.so, .so.13, .so.12, .so.11.0, or only
+ * the library the environment variable VF_CUDART_PATH names when it is set. */
+VF_API vf_status vf_detect_resources(vf_resources *out);
+/* Writes the resources as a JSON object into buf (NUL-terminated). */
+VF_API vf_status vf_resources_to_json(const vf_resources *r, char *buf, size_t cap);
+
+/* ---- models ----------------------------------------------------------------- */
+
+typedef enum vf_arch { VF_ARCH_UNKNOWN = 0, VF_ARCH_SD15, VF_ARCH_SDXL } vf_arch;
+
+typedef enum vf_component {
+    VF_COMPONENT_TEXT_ENCODER = 0,  /* CLIP-L                               */
+    VF_COMPONENT_TEXT_ENCODER_2,    /* OpenCLIP-G with projection (SDXL)    */
+    VF_COMPONENT_UNET,
+    VF_COMPONENT_VAE,
+    VF_COMPONENT_COUNT
+} vf_component;
+
+VF_API const char *vf_arch_name(vf_arch a);
+VF_API const char *vf_component_name(vf_component c);
+
+typedef struct vf_model vf_model;
+
+typedef struct vf_model_options {
+    /* A folder holding tokenizer/ (and tokenizer_2/), used for single-file
+     * checkpoints, which carry no tokenizer. NULL: look next to the model. */
+    const char *tokenizer_dir;
+    /* A diffusers folder whose component config.json files supply what a
+     * single-file checkpoint's shapes cannot tell (attention head counts).
+     * NULL: use tokenizer_dir when it holds configs, else the published
+     * defaults of the detected architecture. */
+    const char *config_dir;
+} vf_model_options;
+
+VF_API void vf_model_options_init(vf_model_options *o);
+/* Opens a diffusers folder or a single-file checkpoint. Every header is read and
+ * every tensor checked against the architecture before this returns; weights
+ * themselves are read later, when a stage needs them. */
+VF_API vf_status vf_model_open(const char *path, const vf_model_options *o, vf_model **out);
+VF_API void vf_model_close(vf_model *m);
+VF_API vf_arch vf_model_arch(const vf_model *m);
+
+typedef struct vf_component_info {
+    int present;
+    uint64_t params;              /* parameters of the tensors inference uses  */
+    uint64_t bytes;               /* bytes of those tensors as stored          */
+    uint64_t bytes_by_dtype[VF_DTYPE_COUNT];
+    int ntensors;
+} vf_component_info;
+
+VF_API vf_status vf_model_component_info(const vf_model *m, vf_component c, vf_component_info *out);
+
+/* ---- tokenizer -------------------------------------------------------------- */
+
+#define VF_CONTEXT_LEN 77
+
+typedef struct vf_tokenizer vf_tokenizer;
+
+/* dir holds vocab.json + merges.txt (+ tokenizer_config.json for the pad token),
+ * or path names a bpe_simple_vocab_16e6.txt.gz. */
+VF_API vf_status vf_tokenizer_load(const char *path, vf_tokenizer **out);
+/* The same from explicit files; config_json (tokenizer_config.json) may be NULL,
+ * then the special tokens are CLIP's defaults and the pad is <|endoftext|>. */
+VF_API vf_status vf_tokenizer_load_files(const char *vocab_json, const char *merges_txt,
+                                         const char *config_json, vf_tokenizer **out);
+VF_API void vf_tokenizer_free(vf_tokenizer *t);
+/* The ids of the BOS, EOS and pad tokens (49406, 49407, 49407 or 0 for "!"). */
+VF_API void vf_tokenizer_special_ids(const vf_tokenizer *t, int32_t *bos, int32_t *eos,
+                                     int32_t *pad);
+/* One more than the largest id in the vocabulary (49408 for CLIP). */
+VF_API int32_t vf_tokenizer_vocab_size(const vf_tokenizer *t);
+/* Untruncated ids including BOS and EOS. *n_out receives the count; when it
+ * exceeds cap only cap ids are written and the call still succeeds. */
+VF_API vf_status vf_tokenize(vf_tokenizer *t, const char *utf8, int32_t *ids, size_t cap, size_t *n_out);
+/* One 77-token window: BOS, up to 75 tokens, EOS, then the pad token. */
+VF_API vf_status vf_tokenize_window(vf_tokenizer *t, const char *utf8, int32_t ids[VF_CONTEXT_LEN]);
+/* Both take valid UTF-8 of at most 1 MiB (else VF_ERR_INVALID_ARG). A tokenizer
+ * caches results, so one handle is not for concurrent use from several threads. */
+
+/* ---- prompt encoding -------------------------------------------------------- */
+
+typedef struct vf_embeddings {
+    int seq_len;                  /* 77                                        */
+    int dim;                      /* 768 (SD1.5), 2048 (SDXL)                  */
+    int pooled_dim;               /* 1280 (SDXL), 0 (SD1.5)                    */
+    float *prompt;                /* seq_len * dim                             */
+    float *negative;              /* seq_len * dim                             */
+    float *pooled;                /* pooled_dim, NULL for SD1.5                */
+    float *negative_pooled;       /* pooled_dim, NULL for SD1.5                */
+} vf_embeddings;
+
+/* ENCODE_PROMPT on the CPU. negative may be NULL (treated as ""). */
+VF_API vf_status vf_encode_prompt(vf_model *m, const char *prompt, const char *negative,
+                                  vf_embeddings **out);
+VF_API void vf_embeddings_free(vf_embeddings *e);
+
+/* ---- samplers ----------------------------------------------------------------- */
+
+/* DEFAULT follows the model's scheduler_config.json (_class_name); the others
+ * override it the way diffusers' Class.from_config(config) does, keeping the
+ * config's beta schedule, spacing and prediction type. DPMPP_2M is DPM++ 2M with
+ * Karras sigmas (DPMSolverMultistepScheduler, dpmsolver++, order 2). */
+typedef enum vf_sampler {
+    VF_SAMPLER_DEFAULT = 0,
+    VF_SAMPLER_EULER,      /* EulerDiscreteScheduler                   */
+    VF_SAMPLER_EULER_A,    /* EulerAncestralDiscreteScheduler          */
+    VF_SAMPLER_DDIM,       /* DDIMScheduler, eta 0                     */
+    VF_SAMPLER_DPMPP_2M,   /* DPMSolverMultistepScheduler, Karras      */
+    VF_SAMPLER_PNDM        /* PNDMScheduler with skip_prk_steps (PLMS), SD 1.x's default */
+} vf_sampler;
+
+/* "default", "euler", "euler_a", "ddim", "dpmpp_2m", "pndm". */
+VF_API const char *vf_sampler_name(vf_sampler s);
+/* The inverse of vf_sampler_name; VF_ERR_INVALID_ARG naming the text otherwise. */
+VF_API vf_status vf_sampler_parse(const char *name, vf_sampler *out);
+
+/* ---- generation ----------------------------------------------------------------- */
+
+/* The stages of a text-to-image run, in order (Python: GenerationStep). Each is
+ * callable on its own: vf_encode_prompt, vf_denoise, vf_decode; vf_generate runs
+ * the three. The arithmetic is diffusers' StableDiffusion(XL)Pipeline's, so a
+ * seed gives diffusers' image. */
+typedef enum vf_generation_step {
+    VF_STEP_ENCODE_PROMPT = 0,
+    VF_STEP_DENOISE,
+    VF_STEP_DECODE
+} vf_generation_step;
+
+/* "encode_prompt", "denoise", "decode". */
+VF_API const char *vf_generation_step_name(vf_generation_step s);
+
+/* Progress and cancel: called with step 0 when a stage starts and with step k
+ * after each of its total units of work (a denoising step is one UNet call;
+ * encode and decode count as one unit). A nonzero return cancels: the running
+ * call returns VF_ERR_CANCELLED, having freed everything it made. */
+typedef int (*vf_progress_fn)(void *user, vf_generation_step stage, int step, int total);
+
+typedef struct vf_generate_params {
+    const char *prompt;           /* UTF-8, taken literally; NULL means ""   */
+    /* NULL: no negative prompt (SDXL then conditions on zeros when the model
+     * sets force_zeros_for_empty_prompt, as diffusers does for None). */
+    const char *negative_prompt;
+    int steps;                    /* default 20                               */
+    /* default 7.5; > 1 enables classifier-free guidance (UNet batch 2: negative,
+     * positive), otherwise one UNet pass on the prompt alone. */
+    float guidance_scale;
+    /* Pixels; 0 = the model's default (unet sample_size * VAE scale). Each must
+     * be a multiple of 8 * 2^(UNet levels - 1) (64 for SD1.5 and 32 for SDXL)
+     * and at most VF_MAX_IMAGE_SIDE. */
+    int width, height;
+    uint64_t seed;                /* torch.Generator().manual_seed(seed); default 0 */
+    vf_sampler sampler;           /* default: the model's scheduler_config.json */
+    /* SDXL micro-conditioning (time ids), ignored for SD1.5. 0 = diffusers'
+     * defaults: original and target size (height, width), crop (0, 0). */
+    int original_width, original_height;
+    int crop_top, crop_left;
+    int target_width, target_height;
+    vf_progress_fn on_step;       /* NULL: none                               */
+    void *user;                   /* passed to on_step                        */
+    /* NULL, or a .safetensors file that receives the intermediates under the
+     * reference fixtures' names (see vf_generate). */
+    const char *dump_path;
+} vf_generate_params;
+
+#define VF_MAX_IMAGE_SIDE 16384
+
+VF_API void vf_generate_params_init(vf_generate_params *p);
+
+/* Latents (batch, channels, height, width), float32, row-major. */
+typedef struct vf_latents {
+    int batch, channels, height, width;
+    float *data;
+} vf_latents;
+VF_API void vf_latents_free(vf_latents *l);
+
+/* An image: rgb is (height, width, 3) uint8; pixels the same in float [0,1]
+ * before quantization (diffusers' output_type="np"). */
+typedef struct vf_image {
+    int width, height;
+    uint8_t *rgb;
+    float *pixels;
+} vf_image;
+VF_API void vf_image_free(vf_image *img);
+
+/* The sampler a generation with `requested` runs on this model (resolves
+ * VF_SAMPLER_DEFAULT from scheduler_config.json; never returns DEFAULT). */
+VF_API vf_status vf_model_sampler(vf_model *m, vf_sampler requested, vf_sampler *out);
+
+/* DENOISE: initial noise from the seed, then p->steps sampler steps of the UNet
+ * conditioned on e (from vf_encode_prompt on the same model). *out receives the
+ * final latents (1, 4, height/8, width/8), not yet divided by the VAE's
+ * scaling factor. p->prompt and p->negative_prompt are not read (e holds
+ * them); p->dump_path receives e and this stage's intermediates. */
+VF_API vf_status vf_denoise(vf_model *m, const vf_generate_params *p, const vf_embeddings *e,
+                            vf_latents **out);
+/* DECODE: the VAE decoder, then (x / 2 + 0.5) clamped to [0,1] and rounded to
+ * uint8. l is what vf_denoise returned (any batch; only the first image is
+ * returned). */
+VF_API vf_status vf_decode(vf_model *m, const vf_latents *l, vf_image **out);
+/* The three stages. With p->dump_path the file receives, all float32:
+ * prompt_embeds, negative_prompt_embeds [1,77,D] (+ pooled_prompt_embeds,
+ * negative_pooled_prompt_embeds [1,P] for SDXL), timesteps [steps], sigmas
+ * [steps+1], init_latents [1,4,h,w] (before init_noise_sigma), unet0_sample,
+ * unet0_timestep, unet0_encoder_hidden_states (+ unet0_text_embeds, unet0_time_ids),
+ * unet0_out [B,4,h,w] (the first UNet call's inputs and output, B = 2 with
+ * guidance), latents_after_step0..N-1, vae_decoded [1,3,H,W] in [-1,1] and
+ * image [H,W,3] in [0,1]. */
+VF_API vf_status vf_generate(vf_model *m, const vf_generate_params *p, vf_image **out);
+
+/* ---- memory manager ----------------------------------------------------------- */
+
+/* Where a model's components compute and how their weights reach the device.
+ * Names (for --offload and JSON): "auto", "full-gpu", "cpu-offload",
+ * "sequential", "stream". */
+typedef enum vf_offload_strategy {
+    VF_OFFLOAD_AUTO = 0,      /* the fitting plan with the lowest predicted time   */
+    VF_OFFLOAD_FULL_GPU,      /* every component resident on the device            */
+    VF_OFFLOAD_CPU_OFFLOAD,   /* UNet on the device; text encoders and VAE on CPU  */
+    VF_OFFLOAD_SEQUENTIAL,    /* one component on the device at a time             */
+    VF_OFFLOAD_STREAM,        /* blocks streamed through a staging ring            */
+    VF_OFFLOAD_COUNT
+} vf_offload_strategy;
+
+/* "eager", "on-demand". */
+typedef enum vf_loading_strategy {
+    VF_LOADING_EAGER = 0,     /* every component loaded when the model opens       */
+    VF_LOADING_ON_DEMAND,     /* nothing loaded until a stage needs it             */
+    VF_LOADING_COUNT
+} vf_loading_strategy;
+
+/* Storage dtype of weights. "auto", "fast", "f32", "f16", "bf16", "f8", "q8", "q4". */
+typedef enum vf_dtype_policy {
+    VF_DTYPE_POLICY_AUTO = 0, /* highest precision whose plan fits at full speed   */
+    VF_DTYPE_POLICY_FAST,     /* the lowest predicted time that fits               */
+    VF_DTYPE_POLICY_F32,
+    VF_DTYPE_POLICY_F16,
+    VF_DTYPE_POLICY_BF16,
+    VF_DTYPE_POLICY_F8,       /* F8_E4M3 with per-output-channel scale             */
+    VF_DTYPE_POLICY_Q8,       /* int8, blockwise scale                             */
+    VF_DTYPE_POLICY_Q4,       /* 4-bit, blockwise scale                            */
+    VF_DTYPE_POLICY_COUNT
+} vf_dtype_policy;
+
+/* "lru", "lfu", "largest". */
+typedef enum vf_eviction_policy {
+    VF_EVICT_LRU = 0,
+    VF_EVICT_LFU,
+    VF_EVICT_LARGEST,
+    VF_EVICT_COUNT
+} vf_eviction_policy;
+
+/* Memory tiers, slowest first. "disk", "host", "pinned", "device". */
+typedef enum vf_tier {
+    VF_TIER_DISK = 0,         /* the checkpoint file only                          */
+    VF_TIER_HOST,             /* pageable RAM                                      */
+    VF_TIER_PINNED,           /* page-locked RAM: streams at full link speed       */
+    VF_TIER_DEVICE,           /* inside the device arena                           */
+    VF_TIER_COUNT
+} vf_tier;
+
+/* Each *_name returns "?" for an out-of-range value; each *_parse accepts the
+ * names above (case-insensitive, '_' for '-') and otherwise returns
+ * VF_ERR_INVALID_ARG naming the text and the accepted names. */
+VF_API const char *vf_offload_strategy_name(vf_offload_strategy s);
+VF_API vf_status vf_offload_strategy_parse(const char *name, vf_offload_strategy *out);
+VF_API const char *vf_loading_strategy_name(vf_loading_strategy s);
+VF_API vf_status vf_loading_strategy_parse(const char *name, vf_loading_strategy *out);
+VF_API const char *vf_dtype_policy_name(vf_dtype_policy p);
+VF_API vf_status vf_dtype_policy_parse(const char *name, vf_dtype_policy *out);
+VF_API const char *vf_eviction_policy_name(vf_eviction_policy p);
+VF_API vf_status vf_eviction_policy_parse(const char *name, vf_eviction_policy *out);
+VF_API const char *vf_tier_name(vf_tier t);
+VF_API vf_status vf_tier_parse(const char *name, vf_tier *out);
+
+/* Parses a byte size: a number (one decimal point allowed) and an optional
+ * unit, case-insensitive, as dd counts: K, M, G, T and KiB..TiB (Ki..Ti) are
+ * binary ("6G" = "6GiB" = 6 * 2^30, "1.5GiB"), KB, MB, GB, TB are decimal
+ * ("6GB" = 6e9); "B" or no unit = bytes. The CLI's budget flags use it.
+ * VF_ERR_INVALID_ARG naming the text for anything else (empty, a sign,
+ * an unknown unit, past 2^63). */
+VF_API vf_status vf_parse_size(const char *text, uint64_t *out);
+
+/* ---- model pool ------------------------------------------------------------------ */
+
+/* Many registered models (checkpoints and LoRAs, by id) sharing device and host
+ * memory whose capacities are set separately (Python: ModelPool).
+ *
+ * A model lives whole in one tier at a time. Its size is exact: the stored bytes
+ * of the tensors inference uses, read from the file headers when it is
+ * registered (a LoRA: all its tensors). Each load and each vf_pool_touch counts
+ * one use (uses, and the time of the last use on a logical clock).
+ *
+ * Loading a model into a tier that lacks room evicts other models of that tier by
+ * the policy (LRU: least recently used; LFU: fewest uses; LARGEST: most bytes;
+ * ties go to the least recently used) until it fits. Eviction demotes rather than
+ * drops: a model pushed off the device goes to PINNED if the pinned and host
+ * capacities allow, else to HOST if the host capacity allows, else to DISK only;
+ * one pushed out of pinned memory goes to HOST; one pushed out of host memory goes
+ * to DISK. A demotion never evicts in turn. A model that alone exceeds the
+ * capacity is VF_ERR_BUDGET, with both sizes in the message. A failed load leaves
+ * the pool as it was.
+ *
+ * What moves today: the pool is the accounting and the policy. Weights are moved
+ * by the memory manager's residency layer, which plugs into the pool (the mover
+ * interface of src/mem/pool.h); until one is plugged in, a load changes the
+ * pool's account of where the model is and reads no weights.
+ *
+ * Registry file (vf_pool_load_registry), JSON:
+ *
+ *   {"models": {
+ *      "sdxl-base": {"path": "sdxl-base", "kind": "checkpoint"},
+ *      "sd15":      "v1-5-pruned-emaonly.safetensors",
+ *      "custom":    {"path": "custom.safetensors", "config": "sdxl-base"},
+ *      "my-lora":   {"path": "loras/my-lora.safetensors", "kind": "lora"}}}
+ *
+ * "models" maps each id to a path, or to an object with "path" (required),
+ * "kind" ("checkpoint", the default, or "lora") and "config" (a diffusers folder
+ * whose config.json files describe a single-file checkpoint; see
+ * vf_model_options.config_dir). Relative paths are resolved against the folder of
+ * the registry file. Other keys are errors. Ids are 1 to 255 bytes of UTF-8
+ * without control characters. Errors name the registry file and the id.
+ *
+ * Every call is thread safe (one lock per pool). */
+
+typedef struct vf_pool vf_pool;
+
+typedef enum vf_pool_kind {
+    VF_POOL_CHECKPOINT = 0,   /* a diffusers folder or single-file checkpoint      */
+    VF_POOL_LORA,             /* a LoRA .safetensors file                          */
+    VF_POOL_KIND_COUNT
+} vf_pool_kind;
+
+/* A capacity without limit. */
+#define VF_POOL_UNLIMITED UINT64_MAX
+
+typedef struct vf_pool_options {
+    uint64_t device_capacity;         /* bytes for DEVICE (default unlimited)      */
+    uint64_t host_capacity;           /* bytes for HOST and PINNED together (default unlimited) */
+    uint64_t pinned_capacity;         /* bytes of the host capacity that may be PINNED
+                                         (default unlimited; 0: no pinned tier)     */
+    vf_eviction_policy eviction;      /* default VF_EVICT_LRU                      */
+} vf_pool_options;
+
+typedef struct vf_pool_model_info {
+    const char *id;                   /* valid until vf_pool_free                  */
+    const char *path;                 /* as registered (resolved for a registry)   */
+    vf_pool_kind kind;
+    vf_tier tier;                     /* where the model is now                    */
+    uint64_t bytes;                   /* its exact size                            */
+    /* Bytes held in each tier: all in `tier`, and [VF_TIER_DISK] = bytes always
+     * (the file holds the model whatever else does). */
+    uint64_t bytes_at[VF_TIER_COUNT];
+    uint64_t component_bytes[VF_COMPONENT_COUNT]; /* checkpoints; 0 for a LoRA     */
+    uint64_t uses;                    /* loads and touches                         */
+    uint64_t last_use;                /* logical time of the last use; 0: never    */
+} vf_pool_model_info;
+
+typedef struct vf_pool_usage {
+    /* Bytes of the models now in each tier ([VF_TIER_DISK]: those on disk only). */
+    uint64_t bytes[VF_TIER_COUNT];
+    uint64_t device_capacity, host_capacity, pinned_capacity;
+    size_t models;                    /* registered                                */
+    size_t loaded;                    /* in a tier above DISK                      */
+    uint64_t evictions;               /* demotions made to fit a load so far       */
+} vf_pool_usage;
+
+/* "checkpoint", "lora"; "?" out of range. */
+VF_API const char *vf_pool_kind_name(vf_pool_kind k);
+VF_API void vf_pool_options_init(vf_pool_options *o);
+/* o NULL: the defaults. */
+VF_API vf_status vf_pool_create(const vf_pool_options *o, vf_pool **out);
+/* Moves loaded models back to DISK first. */
+VF_API void vf_pool_free(vf_pool *p);
+
+/* Registration reads the headers (to size the model) and fails on a duplicate id. */
+VF_API vf_status vf_pool_register(vf_pool *p, const char *id, const char *path);
+VF_API vf_status vf_pool_register_lora(vf_pool *p, const char *id, const char *path);
+/* Registers every model of a registry file, or none of them on any error. */
+VF_API vf_status vf_pool_load_registry(vf_pool *p, const char *path);
+
+/* Makes the model resident in tier (HOST, PINNED or DEVICE), evicting as above;
+ * a model already in that tier or a higher one stays where it is. Counts a use.
+ * An unknown id is VF_ERR_NOT_FOUND naming it. */
+VF_API vf_status vf_pool_load(vf_pool *p, const char *id, vf_tier tier);
+/* Back to DISK only (no-op when it is there); its use history is kept. */
+VF_API vf_status vf_pool_unload(vf_pool *p, const char *id);
+/* *loaded = 1 while the model is in any tier above DISK. */
+VF_API vf_status vf_pool_is_loaded(vf_pool *p, const char *id, int *loaded);
+/* Records a use (for LRU and LFU) without moving anything. */
+VF_API vf_status vf_pool_touch(vf_pool *p, const char *id);
+
+VF_API vf_status vf_pool_info(vf_pool *p, const char *id, vf_pool_model_info *out);
+/* Models in registration order: i in [0, vf_pool_count). */
+VF_API size_t vf_pool_count(vf_pool *p);
+VF_API vf_status vf_pool_info_at(vf_pool *p, size_t i, vf_pool_model_info *out);
+VF_API vf_status vf_pool_get_usage(vf_pool *p, vf_pool_usage *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

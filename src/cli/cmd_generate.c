@@ -1,0 +1,321 @@
+/* vramfit generate: a prompt to a PNG on the CPU.
+ *
+ * A thin shell over vf_generate: parse, open the model, run with a progress
+ * callback, write the PNG. The image carries a "parameters" text chunk in the
+ * format AUTOMATIC1111 writes (prompt, "Negative prompt: ...", then
+ * "Steps: .., Sampler: .., CFG scale: .., Seed: .., Size: WxH, Model: .."),
+ * because that is what image viewers and other UIs parse to show or re-use the
+ * settings.
+ *
+ * Ctrl-C: the SIGINT handler only sets a flag; the progress callback, which
+ * the library calls at least once per UNet call, returns it, so the run stops
+ * cleanly between steps (exit 130, nothing written). The handler is installed
+ * with SA_RESETHAND, so a second Ctrl-C kills the process the usual way.
+ */
+#include "cli/cli.h"
+#include "cli/progress.h"
+#include "io/png.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#define VF_EXIT_CANCELLED 130
+
+static volatile sig_atomic_t g_interrupted;
+
+static void on_sigint(int sig)
+{
+    (void)sig;
+    g_interrupted = 1;
+}
+
+typedef struct gen_args {
+    const char *model, *prompt, *negative, *tokenizer, *config, *dump, *output;
+    const char *steps, *cfg, *width, *height, *seed, *sampler;
+    int quiet;
+} gen_args;
+
+static void gen_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: vramfit generate --model PATH --prompt TEXT [--negative TEXT] [--steps N]\n"
+            "                        [--cfg X] [--width W] [--height H] [--seed S]\n"
+            "                        [--sampler euler|euler_a|ddim|dpmpp_2m] [--tokenizer DIR]\n"
+            "                        [--config DIR] [--dump FILE.safetensors] [--quiet]\n"
+            "                        --output FILE.png\n\n"
+            "Generates an image from a prompt on the CPU (float32), the way diffusers'\n"
+            "StableDiffusion(XL)Pipeline does: the same seed gives the same image.\n\n"
+            "  --model PATH      diffusers folder or single-file .safetensors checkpoint\n"
+            "  --prompt TEXT     the prompt, taken literally (no weighting syntax)\n"
+            "  --negative TEXT   the negative prompt (default: none; SDXL then uses zeros)\n"
+            "  --steps N         denoising steps (default 20)\n"
+            "  --cfg X           classifier-free guidance scale (default 7.5; <= 1 turns it off)\n"
+            "  --width W, --height H\n"
+            "                    image size in pixels (default: the model's native size);\n"
+            "                    multiples of 64 for SD1.5, 32 for SDXL\n"
+            "  --seed S          0..2^64-1 (default, or -1: a random seed, printed)\n"
+            "  --sampler NAME    euler, euler_a, ddim or dpmpp_2m (DPM++ 2M Karras);\n"
+            "                    default: the model's scheduler_config.json\n"
+            "  --tokenizer DIR   folder holding tokenizer/ (and tokenizer_2/) for single files\n"
+            "  --config DIR      diffusers folder whose configs describe a single file\n"
+            "  --dump FILE       also write every intermediate tensor (safetensors)\n"
+            "  --quiet           no progress output\n"
+            "  --output FILE     the PNG to write\n\n"
+            "Exit status: 0 done, 1 failed, 2 bad usage, 130 interrupted (Ctrl-C).\n");
+}
+
+/* 0 on success, -1 for --help, VF_EXIT_USAGE after printing why. */
+static int parse_args(int argc, char **argv, gen_args *a)
+{
+    static const char *const names[] = {"--model", "--prompt", "--negative", "--tokenizer", "--config",
+                                        "--dump", "--output", "--steps", "--cfg", "--width",
+                                        "--height", "--seed", "--sampler"};
+    const char **slots[] = {&a->model, &a->prompt, &a->negative, &a->tokenizer, &a->config,
+                            &a->dump, &a->output, &a->steps, &a->cfg, &a->width,
+                            &a->height, &a->seed, &a->sampler};
+    const int nopt = (int)(sizeof names / sizeof names[0]);
+    memset(a, 0, sizeof *a);
+    for (int i = 0; i < argc; i++) {
+        if (vf_cli_is_help(argv[i]))
+            return -1;
+        if (strcmp(argv[i], "--quiet") == 0 || strcmp(argv[i], "-q") == 0) {
+            a->quiet = 1;
+            continue;
+        }
+        int k = -1;
+        for (int j = 0; j < nopt && k < 0; j++)
+            k = strcmp(argv[i], names[j]) == 0 ? j : -1;
+        if (k < 0) {
+            fprintf(stderr, "vramfit generate: unknown argument '%s'\n", argv[i]);
+            return VF_EXIT_USAGE;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "vramfit generate: %s needs a value\n", argv[i]);
+            return VF_EXIT_USAGE;
+        }
+        *slots[k] = argv[++i];
+    }
+    const char *missing = !a->model ? "--model" : !a->prompt ? "--prompt" : !a->output ? "--output" : NULL;
+    if (missing) {
+        fprintf(stderr, "vramfit generate: %s is required\n", missing);
+        gen_usage(stderr);
+        return VF_EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* Whole-string integer in [lo, hi]; 0 on success. */
+static int parse_int(const char *opt, const char *s, long lo, long hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "vramfit generate: %s '%s' is not an integer in %ld..%ld\n", opt, s, lo, hi);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static uint64_t random_seed(void)
+{
+    uint32_t v;
+    if (getrandom(&v, sizeof v, 0) == (ssize_t)sizeof v)
+        return v;
+    return (uint64_t)(uint32_t)(time(NULL) ^ ((unsigned long)getpid() << 16));
+}
+
+/* -1 or absent: random (a 32-bit one, as torch keeps only 32 bits anyway). */
+static int parse_seed(const char *s, uint64_t *out, int *was_random)
+{
+    *was_random = !s || strcmp(s, "-1") == 0;
+    if (*was_random) {
+        *out = random_seed();
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (s[0] < '0' || s[0] > '9' || errno || *end) {
+        fprintf(stderr, "vramfit generate: --seed '%s' is not an integer in 0..2^64-1 (or -1 for random)\n", s);
+        return -1;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* Fills the library's params from the text options; VF_EXIT_USAGE on bad syntax.
+ * Ranges that depend on the model (sizes, steps) are the library's to check. */
+static int make_params(const gen_args *a, vf_generate_params *p, int *random)
+{
+    vf_generate_params_init(p);
+    p->prompt = a->prompt;
+    p->negative_prompt = a->negative;
+    p->dump_path = a->dump;
+    if (a->steps && parse_int("--steps", a->steps, INT_MIN, INT_MAX, &p->steps))
+        return VF_EXIT_USAGE;
+    if (a->width && parse_int("--width", a->width, INT_MIN, INT_MAX, &p->width))
+        return VF_EXIT_USAGE;
+    if (a->height && parse_int("--height", a->height, INT_MIN, INT_MAX, &p->height))
+        return VF_EXIT_USAGE;
+    if (a->cfg) {
+        char *end;
+        double g = strtod(a->cfg, &end);
+        if (end == a->cfg || *end) {
+            fprintf(stderr, "vramfit generate: --cfg '%s' is not a number\n", a->cfg);
+            return VF_EXIT_USAGE;
+        }
+        p->guidance_scale = (float)g;
+    }
+    if (a->sampler && vf_sampler_parse(a->sampler, &p->sampler) != VF_OK) {
+        fprintf(stderr, "vramfit generate: --sampler '%s': use euler, euler_a, ddim or dpmpp_2m\n",
+                a->sampler);
+        return VF_EXIT_USAGE;
+    }
+    if (parse_seed(a->seed, &p->seed, random))
+        return VF_EXIT_USAGE;
+    return 0;
+}
+
+/* The sampler as AUTOMATIC1111 names it in "parameters". */
+static const char *sampler_label(vf_sampler s)
+{
+    switch (s) {
+    case VF_SAMPLER_EULER: return "Euler";
+    case VF_SAMPLER_EULER_A: return "Euler a";
+    case VF_SAMPLER_DDIM: return "DDIM";
+    case VF_SAMPLER_DPMPP_2M: return "DPM++ 2M Karras";
+    default: return "Default";
+    }
+}
+
+/* The checkpoint's name: the file or folder name without a directory or extension. */
+static void model_name(const char *path, char *buf, size_t cap)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    size_t b = n;
+    while (b > 0 && path[b - 1] != '/')
+        b--;
+    size_t len = n - b;
+    const char *ext[] = {".safetensors", ".ckpt"};
+    for (int i = 0; i < 2; i++) {
+        size_t el = strlen(ext[i]);
+        if (len > el && strncmp(path + n - el, ext[i], el) == 0)
+            len -= el;
+    }
+    snprintf(buf, cap, "%.*s", (int)len, path + b);
+}
+
+/* A new string: "<prompt>\nNegative prompt: <neg>\nSteps: ..., Model: <name>". */
+static char *parameters_text(const gen_args *a, const vf_generate_params *p, vf_sampler used,
+                             const vf_image *img)
+{
+    char name[256], tail[512];
+    model_name(a->model, name, sizeof name);
+    snprintf(tail, sizeof tail, "Steps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %dx%d, Model: %s",
+             p->steps, sampler_label(used), (double)p->guidance_scale, (unsigned long long)p->seed,
+             img->width, img->height, name);
+    const char *neg = a->negative && a->negative[0] ? a->negative : NULL;
+    size_t n = strlen(a->prompt) + (neg ? strlen(neg) + 20 : 0) + strlen(tail) + 4;
+    char *s = malloc(n);
+    if (!s)
+        return NULL;
+    snprintf(s, n, "%s\n%s%s%s%s", a->prompt, neg ? "Negative prompt: " : "", neg ? neg : "",
+             neg ? "\n" : "", tail);
+    return s;
+}
+
+static int on_step(void *user, vf_generation_step stage, int step, int total)
+{
+    vf_progress_update(user, stage, step, total);
+    return g_interrupted != 0;
+}
+
+static vf_status write_png(const gen_args *a, const vf_generate_params *p, vf_sampler used,
+                           const vf_image *img)
+{
+    char *params = parameters_text(a, p, used, img);
+    if (!params) {
+        fprintf(stderr, "vramfit generate: out of memory\n");
+        return VF_ERR_NO_MEMORY;
+    }
+    char software[64];
+    snprintf(software, sizeof software, "vramfit %s", vf_version());
+    const char *kv[] = {"parameters", params, "Software", software, NULL};
+    vf_status st = vf_png_write(a->output, img->rgb, img->width, img->height, kv);
+    free(params);
+    return st;
+}
+
+static int run(const gen_args *a, vf_generate_params *p, int random)
+{
+    vf_model_options o;
+    vf_model_options_init(&o);
+    o.tokenizer_dir = a->tokenizer;
+    o.config_dir = a->config;
+    vf_model *m = NULL;
+    vf_image *img = NULL;
+    vf_sampler used = VF_SAMPLER_DEFAULT;
+    vf_progress prog;
+    vf_progress_init(&prog, stderr, isatty(STDERR_FILENO), a->quiet);
+    p->on_step = on_step;
+    p->user = &prog;
+    double t0 = vf_progress_now();
+    vf_status st = vf_model_open(a->model, &o, &m);
+    if (st == VF_OK)
+        st = vf_model_sampler(m, p->sampler, &used);
+    if (st == VF_OK && random && !a->quiet)
+        fprintf(stderr, "seed %llu\n", (unsigned long long)p->seed);
+    if (st == VF_OK)
+        st = vf_generate(m, p, &img);
+    vf_progress_end(&prog);
+    if (st == VF_OK)
+        st = write_png(a, p, used, img);
+    if (st == VF_OK && !a->quiet)
+        printf("%s: %dx%d, %d steps, %s, cfg %g, seed %llu, %.1f s\n", a->output, img->width, img->height,
+               p->steps, sampler_label(used), (double)p->guidance_scale, (unsigned long long)p->seed,
+               vf_progress_now() - t0);
+    vf_image_free(img);
+    vf_model_close(m);
+    if (st == VF_ERR_CANCELLED) {
+        fprintf(stderr, "vramfit generate: cancelled, nothing written\n");
+        return VF_EXIT_CANCELLED;
+    }
+    return st == VF_OK ? VF_EXIT_OK : vf_cli_fail(st);
+}
+
+int vf_cmd_generate(int argc, char **argv)
+{
+    gen_args a;
+    int random = 0;
+    vf_generate_params p;
+    int rc = parse_args(argc, argv, &a);
+    if (rc < 0)
+        gen_usage(stdout);
+    if (rc)
+        return rc < 0 ? VF_EXIT_OK : rc;
+    rc = make_params(&a, &p, &random);
+    if (rc)
+        return rc;
+    /* An ignored SIGINT (a background job of a script) stays ignored, as
+     * shells expect of the programs they start that way. */
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGINT, NULL, &old) == 0 && old.sa_handler != SIG_IGN)
+        sigaction(SIGINT, &sa, NULL);
+    return run(&a, &p, random);
+}

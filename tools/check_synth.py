@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Checks that a `vramfit synth` folder is a diffusers model diffusers itself loads.
+
+Loads the folder with StableDiffusionPipeline / StableDiffusionXLPipeline
+.from_pretrained (the class from model_index.json) and fails on any missing or
+unexpected weight (diffusers and transformers report those as warnings, so
+they are caught from the loaders' output info and from the log). Then, unless
+--no-run, it tokenizes a prompt with both tokenizers and runs a short
+generation on the CPU in float32, checking that every output is finite. Meant
+for --preset tiny folders (a full one loads too, but slowly and with GBs of RAM).
+
+usage: tools/check_synth.py DIR [--no-run] [--steps N]
+Exit status 0 when everything held, 1 otherwise. A tool, not a product dependency.
+"""
+import argparse
+import json
+import logging
+import sys
+
+
+class Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dir")
+    ap.add_argument("--no-run", action="store_true")
+    ap.add_argument("--steps", type=int, default=2)
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+    import diffusers
+    import transformers
+
+    cap = Capture()
+    for name in ("diffusers", "transformers"):
+        logging.getLogger(name).addHandler(cap)
+    diffusers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.set_verbosity_warning()
+
+    with open(f"{args.dir}/model_index.json") as f:
+        index = json.load(f)
+    cls = getattr(diffusers, index["_class_name"])
+    pipe = cls.from_pretrained(args.dir, dtype=torch.float32)
+
+    failures = []
+    # Each component again with output_loading_info, which lists key mismatches.
+    for comp, entry in sorted(index.items()):
+        if comp.startswith("_") or not isinstance(entry, list) or not isinstance(entry[0], str):
+            continue
+        lib, klass = entry
+        if "Tokenizer" in klass or "Scheduler" in klass:
+            continue
+        mod = getattr(diffusers if lib == "diffusers" else transformers, klass)
+        _, info = mod.from_pretrained(args.dir, subfolder=comp, output_loading_info=True)
+        for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
+            bad = [k for k in info.get(key, []) if "position_ids" not in str(k)]
+            if bad:
+                failures.append(f"{comp}: {key}: {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+        nparams = sum(p.numel() for p in getattr(pipe, comp).parameters())
+        print(f"  {comp:15s} {klass:30s} {nparams:>14,d} parameters")
+    for line in cap.lines:
+        low = line.lower()
+        if "were not used" in low or "newly initialized" in low or "missing" in low or "unexpected" in low:
+            failures.append("log: " + line.splitlines()[0])
+
+    prompt = "a red circle"
+    toks = [pipe.tokenizer] + ([pipe.tokenizer_2] if getattr(pipe, "tokenizer_2", None) else [])
+    for i, tok in enumerate(toks):
+        ids = tok(prompt, padding="max_length", max_length=77).input_ids
+        vocab = len(tok)
+        te = pipe.text_encoder if i == 0 else pipe.text_encoder_2
+        print(f"  tokenizer{'_2' if i else ''}: {prompt!r} -> {ids[:8]} ... (vocab {vocab}, pad {ids[-1]})")
+        if vocab != te.config.vocab_size:
+            failures.append(f"tokenizer {i}: vocabulary {vocab} != text encoder vocab_size {te.config.vocab_size}")
+        if max(ids) >= te.config.vocab_size:
+            failures.append(f"tokenizer {i}: id {max(ids)} outside the vocabulary")
+
+    if not args.no_run:
+        out = pipe(prompt, num_inference_steps=args.steps, output_type="np",
+                   generator=torch.Generator().manual_seed(0))
+        img = out.images[0]
+        print(f"  generated {img.shape}, range [{img.min():.3f}, {img.max():.3f}]")
+        if not np.isfinite(img).all():
+            failures.append("generated image has non-finite values")
+
+    for f in failures:
+        print("FAIL " + f)
+    print("ok" if not failures else f"{len(failures)} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
