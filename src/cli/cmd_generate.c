@@ -194,6 +194,7 @@ static const char *sampler_label(vf_sampler s)
     case VF_SAMPLER_EULER_A: return "Euler a";
     case VF_SAMPLER_DDIM: return "DDIM";
     case VF_SAMPLER_DPMPP_2M: return "DPM++ 2M Karras";
+    case VF_SAMPLER_PNDM: return "PLMS";
     default: return "Default";
     }
 }

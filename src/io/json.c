@@ -103,17 +103,60 @@ int vf_utf8_valid(const char *str, size_t n)
     return 1;
 }
 
+/* Python's json module writes NaN, Infinity and -Infinity (diffusers saves
+ * "lambda_min_clipped": -Infinity), which strict JSON and cJSON reject. Outside
+ * strings they are copied as "null", which the typed getters treat as unset:
+ * the meaning diffusers gives them. dst needs room for 2 * len + 1 bytes
+ * ("NaN" grows by one byte); returns the new length. */
+static size_t null_out_nonfinite(char *dst, const char *t, size_t len)
+{
+    static const char *const words[] = {"-Infinity", "Infinity", "NaN"};
+    int in_string = 0;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (in_string) {
+            if (t[i] == '\\' && i + 1 < len)
+                dst[o++] = t[i++];
+            else if (t[i] == '"')
+                in_string = 0;
+            dst[o++] = t[i];
+            continue;
+        }
+        in_string = t[i] == '"';
+        size_t w = 0, n = 0;
+        for (; w < sizeof words / sizeof words[0]; w++) {
+            n = strlen(words[w]);
+            if (len - i >= n && memcmp(t + i, words[w], n) == 0)
+                break;
+        }
+        if (w == sizeof words / sizeof words[0]) {
+            dst[o++] = t[i];
+            continue;
+        }
+        memcpy(dst + o, "null", 4);
+        o += 4;
+        i += n - 1;
+    }
+    dst[o] = '\0';
+    return o;
+}
+
 vf_status vf_json_parse(const char *text, size_t len, const char *what, cJSON **out)
 {
     *out = NULL;
     if (!vf_utf8_valid(text, len))
         return vf_error(VF_ERR_FORMAT, "%s: not valid UTF-8", what);
+    size_t cap;
+    char *copy = vf_mul_overflow(len, 2, &cap) ? NULL : vf_malloc(cap + 1);
+    if (!copy)
+        return vf_error(VF_ERR_NO_MEMORY, "%s: out of memory parsing %zu bytes of JSON", what, len);
+    size_t n = null_out_nonfinite(copy, text, len);
     const char *end = NULL;
-    cJSON *j = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-    if (!j) {
-        size_t at = end && end >= text ? (size_t)(end - text) : 0;
+    cJSON *j = cJSON_ParseWithLengthOpts(copy, n, &end, 0);
+    size_t at = end && end >= copy ? (size_t)(end - copy) : 0;
+    vf_free(copy);
+    if (!j)
         return vf_error(VF_ERR_FORMAT, "%s: invalid JSON near byte %zu", what, at);
-    }
     if (!cJSON_IsObject(j)) {
         cJSON_Delete(j);
         return vf_error(VF_ERR_FORMAT, "%s: JSON top level is not an object", what);

@@ -211,11 +211,12 @@ static vf_status check_side(const char *name, int v, int mult)
     if (v < 0 || v > VF_MAX_IMAGE_SIDE)
         return vf_error(VF_ERR_INVALID_ARG, "%s %d is out of range (1..%d pixels, 0 for the model's default)",
                         name, v, VF_MAX_IMAGE_SIDE);
+    int nearest = (v + mult / 2) / mult * mult;
     if (v % mult)
         return vf_error(VF_ERR_INVALID_ARG,
                         "%s %d is not a multiple of %d (this model's VAE scale times its UNet's "
                         "downsampling); try %d",
-                        name, v, mult, v / mult > 0 ? v / mult * mult : mult);
+                        name, v, mult, nearest > 0 ? nearest : mult);
     return VF_OK;
 }
 
@@ -226,7 +227,7 @@ static vf_status check_params(const vf_generate_params *p)
     if (!isfinite(p->guidance_scale))
         return vf_error(VF_ERR_INVALID_ARG, "guidance_scale must be a finite number (got %g)",
                         (double)p->guidance_scale);
-    if ((int)p->sampler < VF_SAMPLER_DEFAULT || (int)p->sampler > VF_SAMPLER_DPMPP_2M)
+    if ((int)p->sampler < VF_SAMPLER_DEFAULT || (int)p->sampler > VF_SAMPLER_PNDM)
         return vf_error(VF_ERR_INVALID_ARG, "sampler %d is not a vf_sampler", (int)p->sampler);
     const int v[6] = {p->original_width, p->original_height, p->crop_top, p->crop_left,
                       p->target_width, p->target_height};
