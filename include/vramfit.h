@@ -368,6 +368,89 @@ VF_API vf_status vf_tier_parse(const char *name, vf_tier *out);
  * an unknown unit, past 2^63). */
 VF_API vf_status vf_parse_size(const char *text, uint64_t *out);
 
+/* ---- memory monitor (Python: MemoryManager) ------------------------------------- */
+
+/* Bytes the process holds, as the memory manager accounts them (exact, not
+ * sampled). device_reserved: device context + reserved arenas (what the
+ * driver sees; the budget caps it). device_allocated: context + bytes in use
+ * inside arenas. host: host memory held for weights (conversions, pinned
+ * copies). Without a device both device figures are 0. */
+typedef struct vf_memory_usage {
+    uint64_t device_reserved;
+    uint64_t device_allocated;
+    uint64_t host;
+} vf_memory_usage;
+
+/* Scopes, nestable up to 16: end gives the peaks since the matching begin and
+ * records them under the stage name (see vf_usage_stage). */
+VF_API vf_status vf_track_usage_begin(const char *stage);
+VF_API vf_status vf_track_usage_end(vf_memory_usage *peak);
+/* Recorded stages, oldest first (the last 64); VF_ERR_INVALID_ARG past the end.
+ * name receives the stage name (cap bytes, NUL-terminated). */
+VF_API int vf_usage_stage_count(void);
+VF_API vf_status vf_usage_stage(int i, char *name, size_t cap, vf_memory_usage *peak);
+/* Now and at most since start (or the last reset). Either may be NULL. */
+VF_API void vf_get_memory_usage(vf_memory_usage *current, vf_memory_usage *peak);
+/* Peak device_allocated bytes (PyTorch's max_memory_allocated). */
+VF_API uint64_t vf_get_peak_vram_usage(void);
+VF_API void vf_reset_peak_usage(void);
+/* Frees cached weight conversions that can be rebuilt from the checkpoint
+ * (not those of blocks in use, not device-resident weights); returns the bytes
+ * freed. Not while a generation runs on another thread. */
+VF_API uint64_t vf_clear_cache(void);
+
+/* A plan: per component its compute device and stage, per block its dtype,
+ * home tier and resident/streamed; ring depth; predicted peak device and host
+ * memory and time per step. Computed from headers and shapes only. */
+typedef struct vf_plan vf_plan;
+
+typedef struct vf_plan_options {
+    /* Device bytes the process may hold, CUDA context included; never
+     * exceeded. 0: the free VRAM of device 0 at start minus max(256 MiB, 5%). */
+    uint64_t vram_budget;
+    vf_offload_strategy offload;  /* default AUTO                                */
+    int allow_stream;             /* AUTO may choose STREAM (default 1)          */
+    vf_dtype_policy dtype_policy; /* default AUTO (UNet F16 on the device; text
+                                     encoders and VAE F32); F16 and F32 force one */
+    int width, height;            /* 0: the model's default size                 */
+    int steps;                    /* default 20                                  */
+    int cfg;                      /* default 1: guidance, UNet batch 2           */
+    /* 0 = default / detected: */
+    double link_bandwidth;        /* pinned host->device bytes/s (55.1e9)         */
+    double device_flops;          /* effective F16 FLOP/s (400e12)                */
+    double host_flops;            /* effective F32 FLOP/s of the CPU (25e9 a core) */
+    uint64_t context_overhead;    /* CUDA context bytes (500 MB)                 */
+    uint64_t free_vram;           /* device 0's free VRAM; 0: detect. Set it (with
+                                     a budget) to plan for a GPU this machine lacks */
+    uint64_t available_ram;       /* 0: detect                                   */
+} vf_plan_options;
+
+VF_API void vf_plan_options_init(vf_plan_options *o);
+/* Plans a text-to-image run of m. Without a GPU (and without o->free_vram or a
+ * budget) every component is planned on the CPU. VF_ERR_BUDGET when nothing
+ * fits the budget: the message says how much would ("needs at least ..."). The
+ * plan borrows m: free it first. */
+VF_API vf_status vf_model_plan(const vf_model *m, const vf_plan_options *o, vf_plan **out);
+VF_API void vf_plan_free(vf_plan *p);
+
+typedef struct vf_plan_summary {
+    vf_offload_strategy strategy; /* never AUTO                                  */
+    int has_device;               /* 0: planned for the CPU alone                */
+    uint64_t budget;              /* bytes                                       */
+    uint64_t peak_device;         /* bytes, context included                     */
+    uint64_t peak_host;           /* bytes                                       */
+    double time_per_step;         /* seconds per denoising step                  */
+    double time_per_generation;   /* seconds: encode + steps + decode            */
+    int ring_depth;               /* 0: nothing streams                          */
+    const char *reason;           /* why this strategy; valid while the plan is  */
+} vf_plan_summary;
+
+VF_API void vf_plan_get_summary(const vf_plan *p, vf_plan_summary *out);
+/* The whole plan as a JSON object (see `vramfit plan --json`). *out is a new
+ * string; free it with vf_string_free. */
+VF_API vf_status vf_plan_to_json(const vf_plan *p, char **out);
+VF_API void vf_string_free(char *s);
+
 /* ---- model pool ------------------------------------------------------------------ */
 
 /* Many registered models (checkpoints and LoRAs, by id) sharing device and host
@@ -408,7 +491,7 @@ VF_API vf_status vf_parse_size(const char *text, uint64_t *out);
  * the registry file. Other keys are errors. Ids are 1 to 255 bytes of UTF-8
  * without control characters. Errors name the registry file and the id.
  *
- * Every call is thread safe (one lock per pool). */
+ * Every call but vf_pool_free is thread safe (one lock per pool). */
 
 typedef struct vf_pool vf_pool;
 

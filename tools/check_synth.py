@@ -9,7 +9,11 @@ they are caught from the loaders' output info and from the log). Then, unless
 generation on the CPU in float32, checking that every output is finite. Meant
 for --preset tiny folders (a full one loads too, but slowly and with GBs of RAM).
 
-usage: tools/check_synth.py DIR [--no-run] [--steps N]
+With --dtype f16 --size 256 it also serves to check a full preset: every UNet
+and VAE module output is watched and the largest magnitude reported (float16
+overflows at 65504); about 8 GB of RAM for SDXL.
+
+usage: tools/check_synth.py DIR [--no-run] [--steps N] [--dtype f32|f16] [--size PX]
 Exit status 0 when everything held, 1 otherwise. A tool, not a product dependency.
 """
 import argparse
@@ -32,6 +36,8 @@ def main():
     ap.add_argument("dir")
     ap.add_argument("--no-run", action="store_true")
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--dtype", choices=["f32", "f16"], default="f32")
+    ap.add_argument("--size", type=int, default=0, help="image side in pixels (default: the model's)")
     args = ap.parse_args()
 
     import numpy as np
@@ -48,10 +54,11 @@ def main():
     with open(f"{args.dir}/model_index.json") as f:
         index = json.load(f)
     cls = getattr(diffusers, index["_class_name"])
-    pipe = cls.from_pretrained(args.dir, dtype=torch.float32)
+    dtype = torch.float16 if args.dtype == "f16" else torch.float32
 
     failures = []
-    # Each component again with output_loading_info, which lists key mismatches.
+    # Each component on its own with output_loading_info, which lists key
+    # mismatches (one at a time, so that a full preset fits in RAM), then the pipeline.
     for comp, entry in sorted(index.items()):
         if comp.startswith("_") or not isinstance(entry, list) or not isinstance(entry[0], str):
             continue
@@ -59,13 +66,15 @@ def main():
         if "Tokenizer" in klass or "Scheduler" in klass:
             continue
         mod = getattr(diffusers if lib == "diffusers" else transformers, klass)
-        _, info = mod.from_pretrained(args.dir, subfolder=comp, output_loading_info=True)
+        model, info = mod.from_pretrained(args.dir, subfolder=comp, output_loading_info=True, dtype=dtype)
+        nparams = sum(p.numel() for p in model.parameters())
+        del model
         for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
             bad = [k for k in info.get(key, []) if "position_ids" not in str(k)]
             if bad:
                 failures.append(f"{comp}: {key}: {bad[:5]}{' ...' if len(bad) > 5 else ''}")
-        nparams = sum(p.numel() for p in getattr(pipe, comp).parameters())
         print(f"  {comp:15s} {klass:30s} {nparams:>14,d} parameters")
+    pipe = cls.from_pretrained(args.dir, dtype=dtype)
     for line in cap.lines:
         low = line.lower()
         if "were not used" in low or "newly initialized" in low or "missing" in low or "unexpected" in low:
@@ -84,12 +93,34 @@ def main():
             failures.append(f"tokenizer {i}: id {max(ids)} outside the vocabulary")
 
     if not args.no_run:
+        peak = {}
+
+        def watch(name):
+            def hook(mod, inp, out):
+                t = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
+                if torch.is_tensor(t) and t.is_floating_point():
+                    m = t.detach().float().abs().max().item()
+                    peak[name] = max(peak.get(name, 0.0), m)
+            return hook
+
+        for comp in ("unet", "vae"):
+            for name, mod in getattr(pipe, comp).named_modules():
+                if name and len(list(mod.children())) == 0:
+                    mod.register_forward_hook(watch(f"{comp}.{name}"))
+        size = {"height": args.size, "width": args.size} if args.size else {}
         out = pipe(prompt, num_inference_steps=args.steps, output_type="np",
-                   generator=torch.Generator().manual_seed(0))
+                   generator=torch.Generator().manual_seed(0), **size)
         img = out.images[0]
-        print(f"  generated {img.shape}, range [{img.min():.3f}, {img.max():.3f}]")
+        print(f"  generated {img.shape} ({args.dtype}), range [{img.min():.3f}, {img.max():.3f}]")
         if not np.isfinite(img).all():
             failures.append("generated image has non-finite values")
+        for comp in ("unet", "vae"):
+            items = [(v, k) for k, v in peak.items() if k.startswith(comp + ".")]
+            if items:
+                v, k = max(items)
+                print(f"  largest |activation| in {comp}: {v:.4g} at {k}")
+                if not np.isfinite(v) or (dtype == torch.float16 and v >= 65504):
+                    failures.append(f"{comp}: activation overflow at {k}")
 
     for f in failures:
         print("FAIL " + f)

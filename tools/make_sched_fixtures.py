@@ -17,7 +17,13 @@ Needs torch (CPU) and diffusers; the C tests only read the JSON this writes.
                          model_out = 0.1 * x_in + pattern(step)
                          latents = scheduler.step(model_out, t, latents, generator).prev_sample
                  with pattern(i)[j] = (((7*j + 3*i) % 11) - 5) * 0.0625 (exact in
-                 float32, so C computes the same model_out).
+                 float32, so C computes the same model_out). Euler, Euler ancestral,
+                 DDIM, DPM++ (2M Karras and the DPM-Solver options) and PNDM (PLMS),
+                 from the tiny reference pipelines' scheduler configs and variants.
+  index.json     the list of cases.
+
+The x86-64 torch build is the reference: its AVX2 randn kernel is what the C
+generator reproduces bit for bit (torch without AVX2 differs in the last bit).
 
 Usage: python3 tools/make_sched_fixtures.py [--out tests/data/sched]
 """
@@ -25,7 +31,6 @@ import argparse
 import inspect
 import json
 import os
-import struct
 
 import torch
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
@@ -52,9 +57,15 @@ SAMPLERS = {
 }
 
 
+def f32(v):
+    """A float32 value as the shortest JSON number that still reads back as exactly
+    that float32: 9 significant digits put the decimal well inside the float's
+    rounding interval, so even decimal -> double -> float cannot land elsewhere."""
+    return float("%.9g" % v)
+
+
 def floats(t):
-    """float32 values as JSON numbers; repr of the exact value round-trips."""
-    return [float(v) for v in t.detach().to(torch.float32).reshape(-1).tolist()]
+    return [f32(v) for v in t.detach().to(torch.float32).reshape(-1).tolist()]
 
 
 def fnv1a64(data):
@@ -129,9 +140,9 @@ def run_case(name, config, sampler, steps, shape, seed):
         "steps": steps,
         "seed": seed,
         "shape": list(shape),
-        "timesteps": [float(t) for t in s.timesteps.tolist()],
+        "timesteps": [f32(t) for t in s.timesteps.tolist()],
         "sigmas": sigmas,
-        "init_noise_sigma": float(ins),
+        "init_noise_sigma": f32(ins),
         "noise": floats(noise),
         "scaled_input0": first_scaled,
         "latents": after,

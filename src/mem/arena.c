@@ -59,9 +59,10 @@ vf_status vf_arena_create(vf_device *d, uint64_t bytes, vf_arena **out)
     if (d && a->size) {
         vf_status st = vf_device_reserve(d, a->size, &a->base);
         if (st != VF_OK) {
+            uint64_t size = a->size;
             vf_free(a->v);
             vf_free(a);
-            return vf_error_prefix(st, "arena of %llu bytes", (unsigned long long)a->size);
+            return vf_error_prefix(st, "arena of %llu bytes", (unsigned long long)size);
         }
     }
     a->dev = d;

@@ -109,7 +109,8 @@ uint64_t vf_device_context_bytes(const vf_device *d);
 uint64_t vf_device_used(const vf_device *d);
 uint64_t vf_device_peak(const vf_device *d);
 
-/* One region of bytes (the arena). VF_ERR_DEVICE when it cannot be had. */
+/* One region of bytes (the arena). VF_ERR_DEVICE when it cannot be had.
+ * unreserve and pinned_free first wait for queued copies (as cudaFree does). */
 vf_status vf_device_reserve(vf_device *d, uint64_t bytes, void **base);
 void vf_device_unreserve(vf_device *d, void *base, uint64_t bytes);
 

@@ -25,6 +25,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 #define MSG_CAP 256
@@ -68,7 +69,7 @@ typedef struct sim {
     pthread_mutex_t lock;
     pthread_cond_t work, done;
     pthread_t thread;
-    int stop;
+    int stop, busy;
     sim_op *head, *tail;
     vf_status pend_st;       /* first failure since the last record       */
     char pend_msg[MSG_CAP];
@@ -187,6 +188,8 @@ static void run_record(sim *s, sim_op *op)
 static void *engine(void *arg)
 {
     sim *s = arg;
+    /* Sleeps end on time (the default 50 us slack adds up over many copies). */
+    prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
     for (;;) {
         pthread_mutex_lock(&s->lock);
         while (!s->head && !s->stop)
@@ -196,6 +199,7 @@ static void *engine(void *arg)
             s->head = op->next;
             if (!s->head)
                 s->tail = NULL;
+            s->busy = 1;
         }
         pthread_mutex_unlock(&s->lock);
         if (!op)
@@ -205,7 +209,19 @@ static void *engine(void *arg)
         else
             run_record(s, op);
         vf_free(op);
+        pthread_mutex_lock(&s->lock);
+        s->busy = 0;
+        pthread_cond_broadcast(&s->done);
+        pthread_mutex_unlock(&s->lock);
     }
+}
+
+/* Freeing device or pinned memory waits for the copy engine to go idle, as
+ * cudaFree and cudaFreeHost synchronize: a queued copy may still use it. */
+static void drain_locked(sim *s)
+{
+    while (s->head || s->busy)
+        pthread_cond_wait(&s->done, &s->lock);
 }
 
 /* Appends op under the lock and wakes the engine. */
@@ -296,6 +312,7 @@ static void sim_unreserve(void *impl, void *base)
 {
     sim *s = impl;
     pthread_mutex_lock(&s->lock);
+    drain_locked(s);
     int i = span_find(&s->regions, base);
     if (i >= 0) {
         span r = span_take(&s->regions, i);
@@ -441,6 +458,7 @@ static void sim_pinned_free(void *impl, void *p)
 {
     sim *s = impl;
     pthread_mutex_lock(&s->lock);
+    drain_locked(s);
     int i = span_find(&s->pins, p);
     if (i >= 0) {
         span pin = span_take(&s->pins, i);

@@ -193,3 +193,65 @@ uint64_t vf_monitor_clear_cache(void)
     pthread_mutex_unlock(&g_cache_lock);
     return freed;
 }
+
+/* ---- public API (vramfit.h) --------------------------------------------------------- */
+
+static void to_usage(const uint64_t v[VF_MON_COUNT], vf_memory_usage *u)
+{
+    u->device_reserved = v[VF_MON_DEVICE_RESERVED];
+    u->device_allocated = v[VF_MON_DEVICE_ALLOCATED];
+    u->host = v[VF_MON_HOST];
+}
+
+vf_status vf_track_usage_begin(const char *stage) { return vf_monitor_track_begin(stage); }
+
+vf_status vf_track_usage_end(vf_memory_usage *peak)
+{
+    vf_mon_stage s;
+    VF_TRY(vf_monitor_track_end(&s));
+    if (peak)
+        to_usage(s.peak, peak);
+    return VF_OK;
+}
+
+int vf_usage_stage_count(void) { return vf_monitor_stage_count(); }
+
+vf_status vf_usage_stage(int i, char *name, size_t cap, vf_memory_usage *peak)
+{
+    vf_status st = VF_OK;
+    pthread_mutex_lock(&g_lock);
+    if (i < 0 || i >= g_nstages) {
+        st = vf_error(VF_ERR_INVALID_ARG, "vf_usage_stage: index %d, %d stages recorded", i, g_nstages);
+        goto done;
+    }
+    if (name && cap)
+        snprintf(name, cap, "%s", g_stages[i].name);
+    if (peak)
+        to_usage(g_stages[i].peak, peak);
+done:
+    pthread_mutex_unlock(&g_lock);
+    return st;
+}
+
+void vf_get_memory_usage(vf_memory_usage *current, vf_memory_usage *peak)
+{
+    uint64_t v[VF_MON_COUNT];
+    if (current) {
+        vf_monitor_current(v);
+        to_usage(v, current);
+    }
+    if (peak) {
+        vf_monitor_peak(v);
+        to_usage(v, peak);
+    }
+}
+
+uint64_t vf_get_peak_vram_usage(void)
+{
+    uint64_t v[VF_MON_COUNT];
+    vf_monitor_peak(v);
+    return v[VF_MON_DEVICE_ALLOCATED];
+}
+
+void vf_reset_peak_usage(void) { vf_monitor_reset_peak(); }
+uint64_t vf_clear_cache(void) { return vf_monitor_clear_cache(); }

@@ -68,17 +68,6 @@ const char *vf_pool_kind_name(vf_pool_kind k)
     }
 }
 
-static const char *tier_str(vf_tier t)
-{
-    switch (t) {
-    case VF_TIER_DISK: return "disk";
-    case VF_TIER_HOST: return "host";
-    case VF_TIER_PINNED: return "pinned";
-    case VF_TIER_DEVICE: return "device";
-    default: return "?";
-    }
-}
-
 static const char *cap_name(int cap)
 {
     return cap == CAP_DEVICE ? "device" : cap == CAP_HOST ? "host" : "pinned";
@@ -647,7 +636,7 @@ static vf_status run_plan(vf_pool *p, size_t i, int nseq)
         st = move(p, v, v->plan);
         if (st != VF_OK) {
             vf_error_prefix(st, "model pool: loading '%s': evicting '%s' from %s to %s", m->id, v->id,
-                            tier_str(from), tier_str(v->plan));
+                            vf_tier_name(from), vf_tier_name(v->plan));
             break;
         }
     }
@@ -658,8 +647,8 @@ static vf_status run_plan(vf_pool *p, size_t i, int nseq)
             p->evictions += (uint64_t)nseq;
             return VF_OK;
         }
-        vf_error_prefix(st, "model pool: loading '%s' from %s to %s", m->id, tier_str(from),
-                        tier_str(m->plan));
+        vf_error_prefix(st, "model pool: loading '%s' from %s to %s", m->id, vf_tier_name(from),
+                        vf_tier_name(m->plan));
     }
     undo(p, done);
     return st;
@@ -744,7 +733,7 @@ vf_status vf_pool_unload(vf_pool *p, const char *id)
         vf_tier from = p->m[i].tier;
         st = move(p, &p->m[i], VF_TIER_DISK);
         if (st != VF_OK)
-            vf_error_prefix(st, "model pool: unloading '%s' from %s", id, tier_str(from));
+            vf_error_prefix(st, "model pool: unloading '%s' from %s", id, vf_tier_name(from));
     }
     pthread_mutex_unlock(&p->mu);
     return st;

@@ -1,22 +1,61 @@
-/* Residency on the CPU backend (see residency.h).
+/* Residency (see residency.h).
  *
- * Each block's weights are converted to float32 into one allocation per block
- * on first acquire. With keep_resident (the default) they stay for the life of
- * the residency, so a UNet converts its weights once, not once per step; without
- * it they are dropped at release, so peak host memory is one block. Host bytes
- * are counted so the monitor can report current and peak use.
+ * CPU path: each block's weights are converted to float32 into one allocation
+ * per block on first acquire. With keep_resident (the default) they stay for
+ * the life of the residency, so a UNet converts its weights once, not once per
+ * step; without it they are dropped at release, so peak host memory is one
+ * block. This path does no copies and no bookkeeping beyond host bytes: it is
+ * the CPU backend's hot path and stays as it was.
+ *
+ * Device path: a block's float32 image has the CPU path's layout (weights back
+ * to back in declaration order), so the same bytes land in the arena and the
+ * kernels see identical inputs. Resident blocks own an arena extent from
+ * creation. Streamed blocks are served by the ring: the stream is the list of
+ * streamed blocks in execution order, taken cyclically; `cur` is the stream
+ * position of the block acquired last. Prefetch walks the stream from cur and
+ * gives each block that is not in a slot a slot that is empty or holds a
+ * released block needed later than it (the block needed furthest in the
+ * future goes first, which in a cyclic order is the one just released). Each
+ * queued copy is followed by a recorded event; acquire waits on it. A failed
+ * copy empties its slot, so the next acquire copies again.
+ *
+ * Host memory is counted per residency and reported to the monitor; the
+ * residency registers with the monitor so clear_cache can drop conversions.
  */
 #include "mem/residency.h"
 #include "core/alloc.h"
+#include "mem/monitor.h"
 
+#include <stdio.h>
 #include <string.h>
 
 typedef struct block_state {
-    float *data;          /* all weights of the block, back to back */
-    const float **ptrs;   /* nw pointers into data                 */
-    uint64_t bytes;
+    float *data;          /* CPU: all weights of the block, back to back */
+    const float **ptrs;   /* nw pointers to where the weights are now    */
+    uint64_t bytes;       /* CPU: bytes of data                          */
     int acquired;
+    /* device path */
+    vf_tier home;
+    uint64_t f32;         /* bytes of the float32 image                  */
+    uint64_t off;         /* resident: arena offset                      */
+    int has_off, loaded;
+    void *host;           /* HOST/PINNED: the float32 host copy          */
+    int host_ready;       /* converted                                   */
+    int slot;             /* streamed: ring slot holding it, or -1       */
+    int spos;             /* streamed: position in the stream, or -1     */
+    int trace_at;         /* trace entry of the open acquire, or -1      */
 } block_state;
+
+typedef struct slot {
+    uint64_t off;
+    float *dev;
+    int block;            /* -1: empty                                   */
+    int users;
+    int pending;          /* a copy into it may be in flight             */
+    int has_off;
+    vf_event *start, *done;
+    void *bounce;         /* pinned, for DISK-home blocks                */
+} slot;
 
 struct vf_residency {
     const vf_checkpoint *ck;
@@ -24,54 +63,110 @@ struct vf_residency {
     vf_residency_options opt;
     block_state *blocks;
     uint64_t host_bytes, host_peak;
+    int registered;
+    /* device path */
+    vf_device *dev;
+    vf_arena *arena;
+    int *stream;          /* streamed blocks in execution order          */
+    int nstream, cur;
+    slot *slots;
+    int nslots;
+    uint64_t slot_bytes;
+    const float **slot_ptrs; /* nslots * maxw pointers                   */
+    int maxw;
+    vf_event *sync_ev;
+    int ntrace;
 };
+
+static uint64_t drop_cache_cb(void *owner) { return vf_residency_drop_cache(owner); }
 
 void vf_residency_options_init(vf_residency_options *o)
 {
     memset(o, 0, sizeof *o);
     o->keep_resident = 1;
+    o->ring_depth = 2;
 }
 
-vf_status vf_residency_create(const vf_checkpoint *ck, const vf_blocklist *bl,
-                              const vf_residency_options *o, vf_residency **out)
+static int on_device(const vf_residency *r) { return r->dev != NULL; }
+
+static void host_add(vf_residency *r, int64_t delta)
 {
-    *out = NULL;
-    vf_residency *r = vf_calloc(1, sizeof *r);
-    if (!r)
-        return VF_ERR_NO_MEMORY;
-    r->blocks = vf_calloc((size_t)(bl->nblocks ? bl->nblocks : 1), sizeof(block_state));
-    if (!r->blocks) {
-        vf_free(r);
-        return VF_ERR_NO_MEMORY;
+    r->host_bytes += (uint64_t)delta;
+    if (r->host_bytes > r->host_peak)
+        r->host_peak = r->host_bytes;
+    vf_monitor_add(VF_MON_HOST, delta);
+}
+
+uint64_t vf_residency_block_f32_bytes(const vf_blocklist *bl, int b)
+{
+    const vf_block *blk = &bl->blocks[b];
+    uint64_t n = 0;
+    for (int j = 0; j < blk->nw; j++) {
+        const vf_wspec *w = &bl->w[blk->first_w + j];
+        n += (uint64_t)vf_shape_numel(w->shape, w->ndim);
     }
-    r->ck = ck;
-    r->bl = bl;
-    if (o)
-        r->opt = *o;
-    else
-        vf_residency_options_init(&r->opt);
-    *out = r;
+    return n * sizeof(float);
+}
+
+void vf_residency_plan_bytes(const vf_blocklist *bl, const vf_tier *home, int depth,
+                             uint64_t *resident, uint64_t *ring)
+{
+    uint64_t res = 0, largest = 0;
+    int streamed = 0;
+    for (int b = 0; b < bl->nblocks; b++) {
+        uint64_t f = vf_residency_block_f32_bytes(bl, b);
+        if (!home || home[b] == VF_TIER_DEVICE) {
+            res += vf_arena_round(f);
+        } else {
+            streamed = 1;
+            largest = f > largest ? f : largest;
+        }
+    }
+    *resident = res;
+    *ring = streamed ? (uint64_t)(depth > 0 ? depth : 1) * vf_arena_round(largest) : 0;
+}
+
+/* Converts block b's weights into dst (the CPU layout) and points ptrs at them. */
+static vf_status convert(vf_residency *r, int b, float *dst, const float **ptrs)
+{
+    const vf_block *blk = &r->bl->blocks[b];
+    size_t at = 0;
+    for (int j = 0; j < blk->nw; j++) {
+        const vf_wspec *w = &r->bl->w[blk->first_w + j];
+        if (!w->t)
+            return vf_error(VF_ERR_INTERNAL, "weight '%s' used before binding", w->name);
+        if (dst)
+            VF_TRY(vf_checkpoint_read_f32(r->ck, w->t, dst + at));
+        if (ptrs)
+            ptrs[j] = (const float *)((const char *)dst + at * sizeof(float));
+        at += (size_t)vf_shape_numel(w->shape, w->ndim);
+    }
     return VF_OK;
 }
 
+/* Points ptrs at the weights of block b laid out from base (no data read). */
+static void point(const vf_residency *r, int b, const float *base, const float **ptrs)
+{
+    const vf_block *blk = &r->bl->blocks[b];
+    size_t at = 0;
+    for (int j = 0; j < blk->nw; j++) {
+        const vf_wspec *w = &r->bl->w[blk->first_w + j];
+        ptrs[j] = base + at;
+        at += (size_t)vf_shape_numel(w->shape, w->ndim);
+    }
+}
+
+/* ---- CPU path --------------------------------------------------------------------- */
+
 static void drop(vf_residency *r, block_state *s)
 {
-    r->host_bytes -= s->bytes;
+    if (s->data)
+        host_add(r, -(int64_t)s->bytes);
     vf_free(s->data);
     vf_free(s->ptrs);
     s->data = NULL;
     s->ptrs = NULL;
     s->bytes = 0;
-}
-
-void vf_residency_free(vf_residency *r)
-{
-    if (!r)
-        return;
-    for (int i = 0; i < r->bl->nblocks; i++)
-        drop(r, &r->blocks[i]);
-    vf_free(r->blocks);
-    vf_free(r);
 }
 
 static vf_status materialise(vf_residency *r, int b)
@@ -92,19 +187,11 @@ static vf_status materialise(vf_residency *r, int b)
         st = VF_ERR_NO_MEMORY;
         goto fail;
     }
-    size_t at = 0;
-    for (int j = 0; j < blk->nw; j++) {
-        const vf_wspec *w = &r->bl->w[blk->first_w + j];
-        st = vf_checkpoint_read_f32(r->ck, w->t, s->data + at);
-        if (st != VF_OK)
-            goto fail;
-        s->ptrs[j] = s->data + at;
-        at += (size_t)vf_shape_numel(w->shape, w->ndim);
-    }
+    st = convert(r, b, s->data, s->ptrs);
+    if (st != VF_OK)
+        goto fail;
     s->bytes = sizeof(float) * total;
-    r->host_bytes += s->bytes;
-    if (r->host_bytes > r->host_peak)
-        r->host_peak = r->host_bytes;
+    host_add(r, (int64_t)s->bytes);
     return VF_OK;
 fail:
     vf_free(s->data);
@@ -114,11 +201,8 @@ fail:
     return vf_error_prefix(st, "loading block '%s'", blk->name);
 }
 
-vf_status vf_residency_acquire(vf_residency *r, int b, const float *const **w)
+static vf_status cpu_acquire(vf_residency *r, int b, const float *const **w)
 {
-    *w = NULL;
-    if (b < 0 || b >= r->bl->nblocks)
-        return vf_error(VF_ERR_INTERNAL, "block %d out of range", b);
     block_state *s = &r->blocks[b];
     if (!s->data)
         VF_TRY(materialise(r, b));
@@ -127,10 +211,8 @@ vf_status vf_residency_acquire(vf_residency *r, int b, const float *const **w)
     return VF_OK;
 }
 
-void vf_residency_release(vf_residency *r, int b)
+static void cpu_release(vf_residency *r, int b)
 {
-    if (b < 0 || b >= r->bl->nblocks)
-        return;
     block_state *s = &r->blocks[b];
     if (s->acquired > 0)
         s->acquired--;
@@ -138,5 +220,522 @@ void vf_residency_release(vf_residency *r, int b)
         drop(r, s);
 }
 
+/* ---- device path: host copies and the copy stream ------------------------------------ */
+
+/* Waits for everything queued so far; the status of a failed copy is dropped
+ * (whoever waits on its own event sees it; this is for teardown). */
+static void sync_all(vf_residency *r)
+{
+    if (vf_device_event_record(r->dev, r->sync_ev) == VF_OK)
+        (void)vf_device_event_wait(r->dev, r->sync_ev);
+}
+
+static void free_host_copy(vf_residency *r, block_state *s)
+{
+    s->host_ready = 0;
+    if (!s->host)
+        return;
+    if (s->home == VF_TIER_PINNED)
+        vf_device_pinned_free(r->dev, s->host, s->f32);
+    else
+        vf_free(s->host);
+    s->host = NULL;
+    host_add(r, -(int64_t)s->f32);
+}
+
+/* Takes the host memory of block b's copy: pinned memory is a budgeted
+ * resource, taken at creation so that a plan that lacks it fails there;
+ * pageable memory is taken on first use. */
+static vf_status alloc_host(vf_residency *r, int b)
+{
+    block_state *s = &r->blocks[b];
+    vf_status st;
+    if (s->home == VF_TIER_PINNED) {
+        st = vf_device_pinned_alloc(r->dev, s->f32, &s->host);
+    } else {
+        s->host = s->f32 <= SIZE_MAX ? vf_malloc((size_t)(s->f32 ? s->f32 : 1)) : NULL;
+        st = s->host ? VF_OK : VF_ERR_NO_MEMORY;
+    }
+    if (st != VF_OK)
+        return vf_error_prefix(st, "host copy of block '%s'", r->bl->blocks[b].name);
+    host_add(r, (int64_t)s->f32);
+    return VF_OK;
+}
+
+/* The HOST/PINNED float32 copy of block b, converted once. */
+static vf_status ensure_host(vf_residency *r, int b)
+{
+    block_state *s = &r->blocks[b];
+    if (s->host_ready || s->home == VF_TIER_DISK)
+        return VF_OK;
+    if (!s->host)
+        VF_TRY(alloc_host(r, b));
+    vf_status st = convert(r, b, s->host, NULL);
+    if (st != VF_OK)
+        return vf_error_prefix(st, "host copy of block '%s'", r->bl->blocks[b].name);
+    s->host_ready = 1;
+    return VF_OK;
+}
+
+/* Copies resident block b into its arena extent (synchronously, once). */
+static vf_status load_resident(vf_residency *r, int b)
+{
+    block_state *s = &r->blocks[b];
+    if (s->loaded)
+        return VF_OK;
+    float *dev = vf_arena_ptr(r->arena, s->off);
+    float *tmp = s->f32 <= SIZE_MAX ? vf_malloc((size_t)(s->f32 ? s->f32 : 1)) : NULL;
+    vf_status st = tmp ? VF_OK : VF_ERR_NO_MEMORY;
+    if (st == VF_OK)
+        st = convert(r, b, tmp, NULL);
+    if (st == VF_OK)
+        st = vf_device_h2d(r->dev, dev, tmp, s->f32);
+    vf_free(tmp);
+    if (st != VF_OK)
+        return vf_error_prefix(st, "loading block '%s' onto %s", r->bl->blocks[b].name,
+                               vf_device_name(r->dev));
+    point(r, b, dev, s->ptrs);
+    s->loaded = 1;
+    return VF_OK;
+}
+
+/* ---- device path: the ring ------------------------------------------------------------- */
+
+/* How far ahead of cur in the stream block b is needed (1 = next). */
+static int distance(const vf_residency *r, int b)
+{
+    int d = (r->blocks[b].spos - r->cur + r->nstream) % r->nstream;
+    return d ? d : r->nstream;
+}
+
+static void empty_slot(vf_residency *r, slot *sl)
+{
+    if (sl->block >= 0)
+        r->blocks[sl->block].slot = -1;
+    sl->block = -1;
+}
+
+/* Queues the copy of streamed block b into slot k (empty or holding a released block). */
+static vf_status issue(vf_residency *r, int b, int k)
+{
+    slot *sl = &r->slots[k];
+    block_state *s = &r->blocks[b];
+    /* A DISK block is staged in the slot's bounce buffer, which an earlier copy
+     * may still be reading. */
+    if (sl->pending && s->home == VF_TIER_DISK)
+        (void)vf_device_event_wait(r->dev, sl->done);
+    empty_slot(r, sl);
+    const void *src = s->host;
+    if (s->home == VF_TIER_DISK) {
+        VF_TRY(convert(r, b, sl->bounce, NULL));
+        src = sl->bounce;
+    } else {
+        VF_TRY(ensure_host(r, b));
+        src = s->host;
+    }
+    vf_status st = VF_OK;
+    if (r->opt.trace)
+        st = vf_device_event_record(r->dev, sl->start);
+    if (st == VF_OK)
+        st = vf_device_h2d_async(r->dev, sl->dev, src, s->f32);
+    if (st == VF_OK)
+        st = vf_device_event_record(r->dev, sl->done);
+    if (st != VF_OK) {
+        /* A copy may be queued without its event: drain it before the slot is reused. */
+        sync_all(r);
+        sl->pending = 0;
+        return vf_error_prefix(st, "streaming block '%s'", r->bl->blocks[b].name);
+    }
+    sl->block = b;
+    sl->pending = 1;
+    s->slot = k;
+    return VF_OK;
+}
+
+/* A slot for block b, which is needed `need` positions ahead: an empty one,
+ * else the released one whose block is needed last, if later than b. -1: none. */
+static int victim(const vf_residency *r, int need)
+{
+    int best = -1, best_d = need;
+    for (int k = 0; k < r->nslots; k++) {
+        const slot *sl = &r->slots[k];
+        if (sl->block < 0)
+            return k;
+        if (sl->users > 0)
+            continue;
+        int d = distance(r, sl->block);
+        if (d > best_d) {
+            best = k;
+            best_d = d;
+        }
+    }
+    return best;
+}
+
+/* Fills the ring with the blocks that follow cur. */
+static vf_status prefetch(vf_residency *r)
+{
+    if (r->nstream == 0 || r->cur < 0)
+        return VF_OK;
+    for (int k = 1; k < r->nstream; k++) {
+        int b = r->stream[(r->cur + k) % r->nstream];
+        if (r->blocks[b].slot >= 0)
+            continue;
+        int v = victim(r, k);
+        if (v < 0)
+            break;
+        VF_TRY(issue(r, b, v));
+    }
+    return VF_OK;
+}
+
+static void trace_begin(vf_residency *r, int b, const slot *sl, int waited)
+{
+    block_state *s = &r->blocks[b];
+    s->trace_at = -1;
+    if (!r->opt.trace || r->ntrace >= r->opt.trace_cap)
+        return;
+    vf_residency_trace *t = &r->opt.trace[r->ntrace];
+    memset(t, 0, sizeof *t);
+    t->block = b;
+    if (sl && waited) {
+        t->copy_start = vf_device_event_time(r->dev, sl->start);
+        t->copy_end = vf_device_event_time(r->dev, sl->done);
+    }
+    t->compute_start = vf_device_now();
+    s->trace_at = r->ntrace++;
+}
+
+static vf_status stream_acquire(vf_residency *r, int b, const float *const **w)
+{
+    block_state *s = &r->blocks[b];
+    r->cur = s->spos;
+    if (s->slot < 0) {
+        /* Out of order (or the first block): take the slot needed last. */
+        int v = victim(r, 0);
+        if (v < 0)
+            return vf_error(VF_ERR_BUDGET,
+                            "block '%s': all %d ring slots hold acquired blocks (raise the ring depth)",
+                            r->bl->blocks[b].name, r->nslots);
+        VF_TRY(issue(r, b, v));
+    }
+    slot *sl = &r->slots[s->slot];
+    sl->users++;
+    vf_status st = prefetch(r);
+    int waited = sl->pending;
+    if (st == VF_OK && sl->pending) {
+        st = vf_device_event_wait(r->dev, sl->done);
+        sl->pending = 0;
+    }
+    if (st != VF_OK) {
+        sl->users--;
+        if (sl->users == 0)
+            empty_slot(r, sl);
+        return vf_error_prefix(st, "streaming block '%s'", r->bl->blocks[b].name);
+    }
+    const float **ptrs = r->slot_ptrs + (size_t)s->slot * (size_t)r->maxw;
+    point(r, b, sl->dev, ptrs);
+    s->acquired++;
+    trace_begin(r, b, sl, waited);
+    *w = ptrs;
+    return VF_OK;
+}
+
+static vf_status device_acquire(vf_residency *r, int b, const float *const **w)
+{
+    block_state *s = &r->blocks[b];
+    if (s->spos >= 0)
+        return stream_acquire(r, b, w);
+    VF_TRY(load_resident(r, b));
+    s->acquired++;
+    trace_begin(r, b, NULL, 0);
+    *w = s->ptrs;
+    return VF_OK;
+}
+
+static void device_release(vf_residency *r, int b)
+{
+    block_state *s = &r->blocks[b];
+    if (s->acquired == 0)
+        return;
+    s->acquired--;
+    if (s->trace_at >= 0 && s->acquired == 0) {
+        r->opt.trace[s->trace_at].compute_end = vf_device_now();
+        s->trace_at = -1;
+    }
+    if (s->spos < 0 || s->slot < 0)
+        return;
+    slot *sl = &r->slots[s->slot];
+    if (sl->users > 0)
+        sl->users--;
+    /* The freed slot starts receiving the next block now, while the caller
+     * works between blocks. A failure here is met again, and reported, by the
+     * acquire that needs the block. */
+    if (sl->users == 0 && prefetch(r) != VF_OK)
+        vf_clear_error();
+}
+
+/* ---- device path: setup ----------------------------------------------------------------- */
+
+static vf_status check_options(const vf_blocklist *bl, const vf_residency_options *o)
+{
+    if (!o->arena || vf_arena_device(o->arena) != o->device)
+        return vf_error(VF_ERR_INVALID_ARG, "residency on %s: needs an arena over that device",
+                        vf_device_name(o->device));
+    if (!vf_device_host_accessible(o->device))
+        return vf_error(VF_ERR_UNSUPPORTED, "residency on %s: no kernels for this device are built",
+                        vf_device_name(o->device));
+    for (int b = 0; o->home && b < bl->nblocks; b++)
+        if ((int)o->home[b] < 0 || o->home[b] >= VF_TIER_COUNT)
+            return vf_error(VF_ERR_INVALID_ARG, "residency: block '%s': home tier %d is not a tier",
+                            bl->blocks[b].name, (int)o->home[b]);
+    if (o->ring_depth < 1)
+        return vf_error(VF_ERR_INVALID_ARG, "residency: ring depth %d (at least 1)", o->ring_depth);
+    return VF_OK;
+}
+
+/* The stream: streamed blocks in execution order (order checked to be a permutation). */
+static vf_status build_stream(vf_residency *r)
+{
+    const vf_blocklist *bl = r->bl;
+    const int *order = r->opt.order;
+    r->stream = vf_malloc(sizeof(int) * (size_t)(bl->nblocks ? bl->nblocks : 1));
+    if (!r->stream)
+        return vf_error_prefix(VF_ERR_NO_MEMORY, "residency: stream");
+    for (int i = 0; i < bl->nblocks; i++) {
+        int b = order ? order[i] : i;
+        if (b < 0 || b >= bl->nblocks || r->blocks[b].spos != -1)
+            return vf_error(VF_ERR_INVALID_ARG,
+                            "residency: execution order entry %d (block %d) is out of range or repeated", i,
+                            b);
+        r->blocks[b].spos = -2; /* seen */
+        if (r->blocks[b].home != VF_TIER_DEVICE)
+            r->stream[r->nstream++] = b;
+    }
+    for (int b = 0; b < bl->nblocks; b++)
+        r->blocks[b].spos = -1;
+    for (int i = 0; i < r->nstream; i++)
+        r->blocks[r->stream[i]].spos = i;
+    return VF_OK;
+}
+
+static vf_status setup_resident(vf_residency *r)
+{
+    for (int b = 0; b < r->bl->nblocks; b++) {
+        block_state *s = &r->blocks[b];
+        if (s->home == VF_TIER_PINNED)
+            VF_TRY(alloc_host(r, b));
+        if (s->home != VF_TIER_DEVICE)
+            continue;
+        int nw = r->bl->blocks[b].nw;
+        s->ptrs = vf_malloc(sizeof(float *) * (size_t)(nw ? nw : 1));
+        if (!s->ptrs)
+            return vf_error_prefix(VF_ERR_NO_MEMORY, "residency: block '%s'", r->bl->blocks[b].name);
+        char what[300];
+        snprintf(what, sizeof what, "block '%s'", r->bl->blocks[b].name);
+        VF_TRY(vf_arena_alloc(r->arena, s->f32, what, &s->off));
+        s->has_off = 1;
+    }
+    return VF_OK;
+}
+
+static vf_status setup_ring(vf_residency *r)
+{
+    int any_disk = 0;
+    for (int i = 0; i < r->nstream; i++) {
+        const block_state *s = &r->blocks[r->stream[i]];
+        r->slot_bytes = s->f32 > r->slot_bytes ? s->f32 : r->slot_bytes;
+        any_disk |= s->home == VF_TIER_DISK;
+        int nw = r->bl->blocks[r->stream[i]].nw;
+        r->maxw = nw > r->maxw ? nw : r->maxw;
+    }
+    if (r->nstream == 0)
+        return VF_OK;
+    r->nslots = r->opt.ring_depth;
+    r->slots = vf_calloc((size_t)r->nslots, sizeof *r->slots);
+    r->slot_ptrs = vf_calloc((size_t)r->nslots * (size_t)(r->maxw ? r->maxw : 1), sizeof(float *));
+    if (!r->slots || !r->slot_ptrs)
+        return vf_error_prefix(VF_ERR_NO_MEMORY, "residency: ring");
+    for (int k = 0; k < r->nslots; k++)
+        r->slots[k].block = -1;
+    for (int k = 0; k < r->nslots; k++) {
+        slot *sl = &r->slots[k];
+        char what[64];
+        snprintf(what, sizeof what, "ring slot %d of %d", k + 1, r->nslots);
+        VF_TRY(vf_arena_alloc(r->arena, r->slot_bytes, what, &sl->off));
+        sl->has_off = 1;
+        sl->dev = vf_arena_ptr(r->arena, sl->off);
+        VF_TRY(vf_device_event_create(r->dev, &sl->done));
+        if (r->opt.trace)
+            VF_TRY(vf_device_event_create(r->dev, &sl->start));
+        if (any_disk) {
+            VF_TRY(vf_device_pinned_alloc(r->dev, r->slot_bytes, &sl->bounce));
+            host_add(r, (int64_t)r->slot_bytes);
+        }
+    }
+    return VF_OK;
+}
+
+static void device_teardown(vf_residency *r)
+{
+    if (r->sync_ev)
+        sync_all(r);
+    for (int k = 0; r->slots && k < r->nslots; k++) {
+        slot *sl = &r->slots[k];
+        if (sl->has_off)
+            vf_arena_release(r->arena, sl->off);
+        vf_device_event_destroy(r->dev, sl->start);
+        vf_device_event_destroy(r->dev, sl->done);
+        if (sl->bounce) {
+            vf_device_pinned_free(r->dev, sl->bounce, r->slot_bytes);
+            host_add(r, -(int64_t)r->slot_bytes);
+        }
+    }
+    for (int b = 0; b < r->bl->nblocks; b++) {
+        block_state *s = &r->blocks[b];
+        if (s->has_off)
+            vf_arena_release(r->arena, s->off);
+        free_host_copy(r, s);
+        vf_free(s->ptrs);
+        s->ptrs = NULL;
+    }
+    vf_device_event_destroy(r->dev, r->sync_ev);
+    vf_free(r->slots);
+    vf_free(r->slot_ptrs);
+    vf_free(r->stream);
+}
+
+static vf_status device_setup(vf_residency *r)
+{
+    const vf_blocklist *bl = r->bl;
+    VF_TRY(check_options(bl, &r->opt));
+    r->dev = r->opt.device;
+    r->arena = r->opt.arena;
+    r->cur = -1;
+    for (int b = 0; b < bl->nblocks; b++) {
+        block_state *s = &r->blocks[b];
+        s->home = r->opt.home ? r->opt.home[b] : VF_TIER_DEVICE;
+        s->f32 = vf_residency_block_f32_bytes(bl, b);
+        s->slot = -1;
+        s->spos = -1;
+        s->trace_at = -1;
+    }
+    VF_TRY(vf_device_event_create(r->dev, &r->sync_ev));
+    VF_TRY(build_stream(r));
+    VF_TRY(setup_ring(r));
+    return setup_resident(r);
+}
+
+/* ---- public ------------------------------------------------------------------------------- */
+
+vf_status vf_residency_create(const vf_checkpoint *ck, const vf_blocklist *bl,
+                              const vf_residency_options *o, vf_residency **out)
+{
+    *out = NULL;
+    vf_residency *r = vf_calloc(1, sizeof *r);
+    if (!r)
+        return VF_ERR_NO_MEMORY;
+    r->blocks = vf_calloc((size_t)(bl->nblocks ? bl->nblocks : 1), sizeof(block_state));
+    if (!r->blocks) {
+        vf_free(r);
+        return VF_ERR_NO_MEMORY;
+    }
+    r->ck = ck;
+    r->bl = bl;
+    if (o)
+        r->opt = *o;
+    else
+        vf_residency_options_init(&r->opt);
+    vf_status st = VF_OK;
+    if (r->opt.device && !vf_device_is_host(r->opt.device))
+        st = device_setup(r);
+    if (st == VF_OK)
+        st = vf_monitor_register_cache(r, drop_cache_cb);
+    if (st != VF_OK) {
+        vf_residency_free(r);
+        return st;
+    }
+    r->registered = 1;
+    *out = r;
+    return VF_OK;
+}
+
+void vf_residency_free(vf_residency *r)
+{
+    if (!r)
+        return;
+    if (r->registered)
+        vf_monitor_unregister_cache(r);
+    if (on_device(r))
+        device_teardown(r);
+    for (int i = 0; i < r->bl->nblocks; i++)
+        drop(r, &r->blocks[i]);
+    vf_free(r->blocks);
+    vf_free(r);
+}
+
+vf_status vf_residency_acquire(vf_residency *r, int b, const float *const **w)
+{
+    *w = NULL;
+    if (b < 0 || b >= r->bl->nblocks)
+        return vf_error(VF_ERR_INTERNAL, "block %d out of range", b);
+    return on_device(r) ? device_acquire(r, b, w) : cpu_acquire(r, b, w);
+}
+
+void vf_residency_release(vf_residency *r, int b)
+{
+    if (b < 0 || b >= r->bl->nblocks)
+        return;
+    if (on_device(r))
+        device_release(r, b);
+    else
+        cpu_release(r, b);
+}
+
+vf_status vf_residency_load(vf_residency *r)
+{
+    for (int b = 0; b < r->bl->nblocks; b++) {
+        if (!on_device(r)) {
+            if (!r->blocks[b].data)
+                VF_TRY(materialise(r, b));
+            continue;
+        }
+        if (r->blocks[b].home == VF_TIER_DEVICE)
+            VF_TRY(load_resident(r, b));
+        else
+            VF_TRY(ensure_host(r, b));
+    }
+    return VF_OK;
+}
+
+uint64_t vf_residency_drop_cache(vf_residency *r)
+{
+    uint64_t before = r->host_bytes;
+    if (on_device(r))
+        sync_all(r); /* host copies may be the source of queued copies */
+    for (int b = 0; b < r->bl->nblocks; b++) {
+        block_state *s = &r->blocks[b];
+        if (s->acquired)
+            continue;
+        if (!on_device(r))
+            drop(r, s);
+        else if (s->home == VF_TIER_HOST)
+            free_host_copy(r, s);
+    }
+    return before - r->host_bytes;
+}
+
 uint64_t vf_residency_host_bytes(const vf_residency *r) { return r->host_bytes; }
 uint64_t vf_residency_host_peak(const vf_residency *r) { return r->host_peak; }
+int vf_residency_trace_count(const vf_residency *r) { return r->ntrace; }
+
+uint64_t vf_residency_device_bytes(const vf_residency *r)
+{
+    if (!on_device(r))
+        return 0;
+    uint64_t n = (uint64_t)r->nslots * vf_arena_round(r->slot_bytes);
+    for (int b = 0; b < r->bl->nblocks; b++)
+        if (r->blocks[b].has_off)
+            n += vf_arena_round(r->blocks[b].f32);
+    return n;
+}

@@ -7,22 +7,67 @@
  * (or dropped at release when keep_resident is off, trading time for memory).
  * The memory manager replaces this policy (tiers, streaming, quantized storage)
  * without model code changing.
+ *
+ * On a device (options.device other than the CPU) every block has a home tier:
+ *   DEVICE          resident: a place in the arena is taken at creation, the
+ *                   weights are copied there on first acquire (or by
+ *                   vf_residency_load) and stay for the residency's life.
+ *   PINNED / HOST   streamed from a float32 host copy converted once, on
+ *                   first use (or by vf_residency_load); PINNED memory is
+ *                   budgeted (the device's pinned limit) and taken at
+ *                   creation; HOST is pageable, slower to copy on a real link
+ *   DISK            streamed from the checkpoint through a pinned bounce
+ *                   buffer per slot, when RAM cannot hold a host copy
+ * Streamed blocks pass through a staging ring of ring_depth slots in the arena,
+ * each the size of the largest streamed block. When block i is acquired, the
+ * slots not in use already hold or are receiving the next streamed blocks in
+ * execution order (i+1 .. i+depth-1, wrapping round to the start for the next
+ * call), queued on the copy stream; acquire waits only for block i's copy, and
+ * release hands i's slot to the next block at once. A slot keeps its block
+ * until it is needed, so a ring as large as the streamed set copies each
+ * block once. Everything in the arena is taken at creation: a placement that
+ * does not fit is VF_ERR_BUDGET there, never halfway through a run.
+ *
+ * Weights are float32 in device memory too (CPU kernels compute on the
+ * simulated device); storage dtypes come with the dtype work. A residency is
+ * used by one thread at a time.
  */
 #ifndef VF_MEM_RESIDENCY_H
 #define VF_MEM_RESIDENCY_H
 
+#include "mem/arena.h"
+#include "mem/device.h"
 #include "model/blocks.h"
 
 typedef struct vf_residency vf_residency;
 
+/* One acquire of a block, for observing prefetch (times on vf_device_now()). */
+typedef struct vf_residency_trace {
+    int block;
+    double copy_start, copy_end;        /* its copy into the ring; 0: no copy waited on */
+    double compute_start, compute_end;  /* acquire returned / release called             */
+} vf_residency_trace;
+
 typedef struct vf_residency_options {
-    int keep_resident;            /* keep converted weights after release (default 1) */
+    int keep_resident;            /* CPU: keep converted weights after release (default 1) */
+    /* Device placement. device NULL or a CPU device: the CPU path above, and
+     * the fields below are ignored. */
+    vf_device *device;
+    vf_arena *arena;              /* on device: required, over the same device            */
+    const vf_tier *home;          /* nblocks entries; NULL: every block DEVICE            */
+    int ring_depth;               /* ring slots when a block streams (default 2, >= 1)   */
+    const int *order;             /* execution order, a permutation of the blocks;
+                                     NULL: block-list order                               */
+    vf_residency_trace *trace;    /* NULL, or trace_cap entries filled per acquire        */
+    int trace_cap;
 } vf_residency_options;
 
 void vf_residency_options_init(vf_residency_options *o);
-/* ck and bl must outlive the residency. */
+/* ck, bl and (with a device) the device, arena, home and order arrays must
+ * outlive the residency. */
 vf_status vf_residency_create(const vf_checkpoint *ck, const vf_blocklist *bl,
                               const vf_residency_options *o, vf_residency **out);
+/* Waits for its copies, then frees all it holds (arena space included). */
 void vf_residency_free(vf_residency *r);
 /* *w receives bl->blocks[b].nw float32 pointers, valid until release. */
 vf_status vf_residency_acquire(vf_residency *r, int b, const float *const **w);
@@ -30,5 +75,27 @@ void vf_residency_release(vf_residency *r, int b);
 /* Host bytes held now / at most so far by converted weights. */
 uint64_t vf_residency_host_bytes(const vf_residency *r);
 uint64_t vf_residency_host_peak(const vf_residency *r);
+
+/* Loads now what would otherwise load on first use: every resident block into
+ * the arena and every HOST/PINNED host copy (EAGER loading). */
+vf_status vf_residency_load(vf_residency *r);
+/* Frees the conversions that can be made again, except those of acquired
+ * blocks: the CPU path's converted weights, and on a device the pageable
+ * (HOST) copies of streamed blocks. Device-resident weights stay, and so do
+ * PINNED copies: page-locked memory is taken at creation, as part of the
+ * plan. Returns the bytes freed. The monitor's clear_cache calls it. */
+uint64_t vf_residency_drop_cache(vf_residency *r);
+/* Arena bytes held (resident blocks + ring). */
+uint64_t vf_residency_device_bytes(const vf_residency *r);
+/* Acquires recorded in the trace so far. */
+int vf_residency_trace_count(const vf_residency *r);
+
+/* The arena bytes a placement takes (each allocation rounded as the arena
+ * does): resident blocks, and a ring of depth slots for the streamed ones.
+ * home NULL: all DEVICE. */
+void vf_residency_plan_bytes(const vf_blocklist *bl, const vf_tier *home, int depth,
+                             uint64_t *resident, uint64_t *ring);
+/* float32 bytes of block b's weights. */
+uint64_t vf_residency_block_f32_bytes(const vf_blocklist *bl, int b);
 
 #endif

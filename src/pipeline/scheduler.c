@@ -464,8 +464,18 @@ static int np_arange_down(double start, double step, double *out, int cap)
     return n;
 }
 
-/* Timesteps (descending, float64, before the class's dtype cast) for the
- * Euler / Euler ancestral / DDIM spacings. Returns their count (>= 1). */
+static void reverse(double *t, int n)
+{
+    for (int i = 0; i < n / 2; i++) {
+        double tmp = t[i];
+        t[i] = t[n - 1 - i];
+        t[n - 1 - i] = tmp;
+    }
+}
+
+/* Timesteps, descending, for the Euler / Euler ancestral / DDIM / PNDM spacings:
+ * float32 values for the Euler pair, integers for the others. Returns their
+ * count (>= 1). */
 static int spacing_timesteps(const sched_opts *o, vf_sampler kind, int steps, double *t, int cap)
 {
     int N = o->num_train, n = steps;
@@ -478,15 +488,10 @@ static int spacing_timesteps(const sched_opts *o, vf_sampler kind, int steps, do
     } else {
         n = np_arange_down(N, (double)N / steps, t, cap);
     }
-    for (int i = 0; i < n / 2; i++) { /* leading and linspace are built ascending */
-        if (o->spacing == SPACING_TRAILING)
-            break;
-        double tmp = t[i];
-        t[i] = t[n - 1 - i];
-        t[n - 1 - i] = tmp;
-    }
+    if (o->spacing != SPACING_TRAILING) /* leading and linspace are built ascending */
+        reverse(t, n);
+    int integral = kind == VF_SAMPLER_DDIM || kind == VF_SAMPLER_PNDM;
     for (int i = 0; i < n; i++) {
-        int integral = kind == VF_SAMPLER_DDIM || kind == VF_SAMPLER_PNDM;
         if (integral || o->spacing == SPACING_TRAILING)
             t[i] = np_round(t[i]);
         if (!integral)
@@ -515,11 +520,7 @@ static int dpm_timesteps(const vf_scheduler *s, int steps, double *t, int cap)
     int last = N - clipped;
     if (o->spacing == SPACING_LINSPACE) {
         np_linspace(0, last - 1, steps + 1, t); /* reversed, the last (0) dropped */
-        for (int i = 0; i < (steps + 1) / 2; i++) {
-            double tmp = t[i];
-            t[i] = t[steps - i];
-            t[steps - i] = tmp;
-        }
+        reverse(t, steps + 1);
         for (int i = 0; i < steps; i++)
             t[i] = np_round(t[i]);
     } else if (o->spacing == SPACING_LEADING) {
@@ -772,6 +773,18 @@ vf_status vf_sampler_parse(const char *name, vf_sampler *out)
                     name ? name : "(null)");
 }
 
+/* The per-size stepping buffers (allocated by the first step of a run). */
+static void free_buffers(vf_scheduler *s)
+{
+    float **bufs[] = {&s->scratch, &s->prev_x0, &s->ets[0], &s->ets[1], &s->ets[2], &s->ets[3],
+                      &s->cur_sample};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        vf_free(*bufs[i]);
+        *bufs[i] = NULL;
+    }
+    s->n = 0;
+}
+
 void vf_scheduler_free(vf_scheduler *s)
 {
     if (!s)
@@ -780,11 +793,7 @@ void vf_scheduler_free(vf_scheduler *s)
     vf_free(s->train_sigmas);
     vf_free(s->timesteps);
     vf_free(s->sigmas);
-    vf_free(s->scratch);
-    vf_free(s->prev_x0);
-    for (int k = 0; k < 4; k++)
-        vf_free(s->ets[k]);
-    vf_free(s->cur_sample);
+    free_buffers(s);
     vf_free(s);
 }
 
@@ -1070,14 +1079,15 @@ static void pndm_step(vf_scheduler *s, int i, const float *m, float *x, size_t n
     s->counter++;
 }
 
-/* Fixes the latent size at the first step and allocates the per-size buffers
- * (all or none). */
+/* Fixes the latent size for a run at its first step and allocates the per-size
+ * buffers (all or none). */
 static vf_status ensure_buffers(vf_scheduler *s, size_t n)
 {
     if (s->n == n)
         return VF_OK;
-    if (s->n != 0)
+    if (s->next_step != 0)
         return vf_error(VF_ERR_INVALID_ARG, "n: %zu latent values, but earlier steps had %zu", n, s->n);
+    free_buffers(s);
     float **want[6];
     int k = 0;
     if (s->kind == VF_SAMPLER_EULER_A || s->kind == VF_SAMPLER_DPMPP_2M)

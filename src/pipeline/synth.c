@@ -104,6 +104,59 @@ static void gen_normal(uint64_t key, uint64_t j0, size_t n, double std, float *o
     }
 }
 
+/* ---- narrowing ------------------------------------------------------------------------ */
+
+static uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* f32 -> f16, round to nearest even, with the results of vf_f32_to_f16 but no
+ * data-dependent branches (random mantissas made those mispredict half the
+ * time, so that narrowing cost 4x generating the value); every case is
+ * computed and the right one selected, which the compiler can vectorise. */
+static uint16_t to_f16(float f)
+{
+    uint32_t u = f32_bits(f), sign = (u >> 16) & 0x8000, a = u & 0x7FFFFFFF;
+    float g;
+    memcpy(&g, &a, 4);
+    /* Below 2^-14: adding 0.5 (whose ulp is 2^-24, the f16 subnormal step)
+     * makes the FPU round the subnormal mantissa into the low bits. */
+    uint32_t sub = f32_bits(g + 0.5f) - 0x3F000000u;
+    /* Normal: rebias the exponent ((15 - 127) << 23) and round the 13 dropped
+     * bits to even; a carry out of the mantissa lands in the exponent, which
+     * is the right result. */
+    uint32_t nor = (a + 0xC8000FFFu + ((a >> 13) & 1)) >> 13;
+    uint32_t r = a < 0x38800000u ? sub : nor;
+    r = a >= 0x477FF000u ? 0x7C00u : r;                         /* 65520 and up: inf */
+    r = a > 0x7F800000u ? 0x7E00u | ((a & 0x7FFFFF) >> 13) : r; /* NaN, as vf_f32_to_f16 */
+    return (uint16_t)(sign | r);
+}
+
+static uint16_t to_bf16(float f)
+{
+    uint32_t u = f32_bits(f);
+    if ((u & 0x7FFFFFFF) > 0x7F800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+void vf_synth_convert(void *dst, vf_dtype t, const float *src, size_t n)
+{
+    uint16_t *h = dst;
+    if (t == VF_DTYPE_F16) {
+        for (size_t i = 0; i < n; i++)
+            h[i] = to_f16(src[i]);
+    } else if (t == VF_DTYPE_BF16) {
+        for (size_t i = 0; i < n; i++)
+            h[i] = to_bf16(src[i]);
+    } else {
+        vf_convert_from_f32(dst, t, src, n);
+    }
+}
+
 /* ---- one component ------------------------------------------------------------------ */
 
 typedef struct synth_ctx {
@@ -138,7 +191,7 @@ static vf_status write_tensor(const synth_ctx *x, vf_st_writer *w, const char *c
             for (size_t i = 0; i < n; i++)
                 x->f32[i] = kind == FILL_ONE ? 1.0f : 0.0f;
         }
-        vf_convert_from_f32(x->bytes, x->o->dtype, x->f32, n);
+        vf_synth_convert(x->bytes, x->o->dtype, x->f32, n);
         VF_TRY(vf_st_writer_write(w, x->bytes, n * esz));
     }
     pr->done += numel * esz;

@@ -70,6 +70,10 @@ vf_status vf_synth_count(vf_arch arch, vf_synth_preset preset, int32_t vocab,
 
 /* ---- internal, between synth*.c and for tests ----------------------------------- */
 
+/* vf_convert_from_f32 for F32/F16/BF16 with the same results, faster on the
+ * random values synthesis makes. dst is suitably aligned. */
+void vf_synth_convert(void *dst, vf_dtype t, const float *src, size_t n);
+
 /* The synthesized vocabulary: the 256 byte symbols, the same with "</w>", the
  * merges, then <|startoftext|> and <|endoftext|> (the last two ids). */
 int32_t vf_synth_vocab_size(void);

@@ -3,8 +3,8 @@
  * The full presets are the published SD1.5 (runwayml v1-5) and SDXL-base-1.0
  * configs, written key by key, except where a synthesized folder must differ:
  * the text encoders' vocab_size / bos / eos ids are those of the small
- * vocabulary made in synth_vocab.c, and SD1.5's scheduler is DDIM with the
- * published betas instead of PNDM (which vramfit does not run). The tiny
+ * vocabulary made in synth_vocab.c, and there is no safety checker or feature
+ * extractor (model_index.json says null for them, as diffusers allows). The tiny
  * presets follow the reference fixtures (../shared/reference/tiny-*): the same
  * block structure with channels of 16..64 and 64x64 images.
  *
@@ -387,7 +387,7 @@ vf_status vf_synth_model_index(vf_arch arch, cJSON **out)
         jbool(&b, "requires_safety_checker", 0);
         jpair(&b, "safety_checker", NULL, NULL);
     }
-    jpair(&b, "scheduler", "diffusers", xl ? "EulerDiscreteScheduler" : "DDIMScheduler");
+    jpair(&b, "scheduler", "diffusers", xl ? "EulerDiscreteScheduler" : "PNDMScheduler");
     jpair(&b, "text_encoder", "transformers", "CLIPTextModel");
     if (xl)
         jpair(&b, "text_encoder_2", "transformers", "CLIPTextModelWithProjection");
@@ -399,14 +399,13 @@ vf_status vf_synth_model_index(vf_arch arch, cJSON **out)
     return jb_finish(&b, "model_index.json", out);
 }
 
-/* SDXL's published EulerDiscreteScheduler; for SD1.5 a DDIMScheduler with the
- * published betas, spacing and offset (its published PNDM is not supported). */
+/* The published schedulers: SDXL's EulerDiscreteScheduler, SD1.5's PNDM (PLMS). */
 vf_status vf_synth_scheduler_config(vf_arch arch, cJSON **out)
 {
     int xl = arch == VF_ARCH_SDXL;
     jb b;
     VF_TRY(jb_start(&b));
-    jstr(&b, "_class_name", xl ? "EulerDiscreteScheduler" : "DDIMScheduler");
+    jstr(&b, "_class_name", xl ? "EulerDiscreteScheduler" : "PNDMScheduler");
     jstr(&b, "_diffusers_version", DIFFUSERS_VERSION);
     jfloat(&b, "beta_end", 0.012);
     jstr(&b, "beta_schedule", "scaled_linear");
@@ -415,14 +414,15 @@ vf_status vf_synth_scheduler_config(vf_arch arch, cJSON **out)
     if (xl)
         jstr(&b, "interpolation_type", "linear");
     jnum(&b, "num_train_timesteps", 1000);
-    jstr(&b, "prediction_type", "epsilon");
-    if (xl)
+    if (xl) {
+        jstr(&b, "prediction_type", "epsilon");
         jfloat(&b, "sample_max_value", 1.0);
+    }
     jbool(&b, "set_alpha_to_one", 0);
-    if (xl)
-        jbool(&b, "skip_prk_steps", 1);
+    jbool(&b, "skip_prk_steps", 1);
     jnum(&b, "steps_offset", 1);
-    jstr(&b, "timestep_spacing", "leading");
+    if (xl)
+        jstr(&b, "timestep_spacing", "leading");
     jnull(&b, "trained_betas");
     if (xl)
         jbool(&b, "use_karras_sigmas", 0);

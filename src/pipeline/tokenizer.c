@@ -405,8 +405,9 @@ static vf_status collect_merges(const char *path, const char *text, size_t len, 
         if (split_fields(p, (size_t)(le - p), f, fl) != 2 || fl[0] > UINT32_MAX ||
             fl[1] > UINT32_MAX) {
             vf_free(ml);
-            return vf_error(VF_ERR_FORMAT, "%s: line %zu: a merge is two symbols separated by a space",
-                            path, lineno);
+            return vf_error(VF_ERR_FORMAT,
+                            "%s: line %zu: a merge is two symbols separated by a space", path,
+                            lineno);
         }
         ml[k++] = (merge_line){f[0], f[1], (uint32_t)fl[0], (uint32_t)fl[1], lineno};
         if (!nl)

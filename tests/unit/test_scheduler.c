@@ -404,6 +404,9 @@ static void test_step_misuse(void)
     CHECK(strstr(vf_last_error(), "n:") != NULL);
     vf_scheduler_reset(s);
     CHECK_OK(vf_scheduler_step(s, 0, m, x, 16, NULL));
+    vf_scheduler_reset(s); /* a new run may use another size */
+    CHECK_OK(vf_scheduler_step(s, 0, m, x, 8, NULL));
+    CHECK(vf_scheduler_step(s, 1, m, x, 16, NULL) == VF_ERR_INVALID_ARG);
     vf_scheduler_free(s);
 }
 

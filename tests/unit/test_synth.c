@@ -157,8 +157,20 @@ static void check_tokenizer(const char *root, const char *sub, int32_t want_pad)
     int32_t ids[16];
     size_t n = 0;
     CHECK_OK(vf_tokenize(t, "a red circle", ids, 16, &n));
-    /* "a", "red" and "circle" are training words, so one token each. */
+    /* "a", "red" and "circle" are training words, so one token each: the
+     * vocabulary's "a</w>", "red</w>", "circle</w>". */
     CHECK_MSG(n == 5, "%s: %zu ids", sub, n);
+    char vpath[1100];
+    snprintf(vpath, sizeof vpath, "%s/vocab.json", dir);
+    cJSON *vj = NULL;
+    CHECK_OK(vf_json_load(vpath, &vj));
+    static const char *const words[] = {"a</w>", "red</w>", "circle</w>"};
+    for (int i = 0; i < 3 && vj && n == 5; i++) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(vj, words[i]);
+        CHECK_MSG(cJSON_IsNumber(id) && id->valueint == ids[i + 1], "%s: %s", sub, words[i]);
+    }
+    CHECK(cJSON_GetArraySize(vj) == v);
+    cJSON_Delete(vj);
     for (size_t i = 0; i < n && i < 16; i++)
         CHECK(ids[i] >= 0 && ids[i] < v);
     CHECK(n >= 2 && ids[0] == bos && ids[n - 1] == eos);
@@ -417,6 +429,41 @@ static void test_alloc_failures(void)
     rm_tree(root);
 }
 
+/* The fast narrowing agrees bit for bit with the library's reference one. */
+static void test_convert(void)
+{
+    enum { N = 1 << 16 };
+    static float src[N];
+    static uint16_t a[N], b[N];
+    static const uint32_t edges[] = {0, 0x80000000u, 0x33000000u, 0x33000001u, 0x337FFFFFu, 0x38800000u,
+                                     0x387FFFFFu, 0x38FFF000u, 0x477FEFFFu, 0x477FF000u, 0x477FE000u,
+                                     0x7F800000u, 0xFF800000u, 0x7FC00000u, 0x7F801234u, 0x3F800FFFu,
+                                     0x3F801000u, 0x3F803000u, 0x3F7FFFFFu, 0x00000001u};
+    int bad16 = 0, bad_bf = 0;
+    uint64_t x = 12345;
+    for (int round = 0; round < 64; round++) {
+        for (int i = 0; i < N; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            uint32_t u = (uint32_t)(x >> 32);
+            if (round % 2) /* dense near the f16 range: exponents 96..150 */
+                u = (u & 0x807FFFFFu) | ((96u + (uint32_t)(x >> 26) % 55u) << 23);
+            if (round == 0 && i < (int)(sizeof edges / sizeof edges[0]))
+                u = edges[i];
+            memcpy(&src[i], &u, 4);
+        }
+        vf_synth_convert(a, VF_DTYPE_F16, src, N);
+        vf_convert_from_f32(b, VF_DTYPE_F16, src, N);
+        for (int i = 0; i < N; i++)
+            bad16 += a[i] != b[i];
+        vf_synth_convert(a, VF_DTYPE_BF16, src, N);
+        vf_convert_from_f32(b, VF_DTYPE_BF16, src, N);
+        for (int i = 0; i < N; i++)
+            bad_bf += a[i] != b[i];
+    }
+    CHECK_MSG(bad16 == 0, "%d f16 values differ", bad16);
+    CHECK_MSG(bad_bf == 0, "%d bf16 values differ", bad_bf);
+}
+
 /* ---- the streaming writer ------------------------------------------------------- */
 
 static void test_writer(void)
@@ -497,4 +544,4 @@ static void test_writer(void)
 
 TEST_MAIN(TEST(test_full_counts), TEST(test_vocab), TEST(test_tiny_sd15), TEST(test_tiny_sdxl),
           TEST(test_values), TEST(test_targets), TEST(test_write_failure), TEST(test_alloc_failures),
-          TEST(test_writer))
+          TEST(test_convert), TEST(test_writer))

@@ -1,0 +1,229 @@
+/* libvramfit-cuda.so: the CUDA backend's entry point, memory, transfers,
+ * streams and events, and its vf_backend_ops table.
+ *
+ * vf_cuda_backend_open is the only exported symbol: the core dlopens this
+ * library and calls it (backend/backend_cuda_loader.c), so every failure on
+ * the way (no driver, no device, a device this build has no code for, a
+ * library that cannot initialise) comes back as a status and a sentence,
+ * with everything already created torn down again. A tiny probe kernel is
+ * launched at open: "no kernel image for this device" is found then, not
+ * in the middle of a generation.
+ *
+ * Two non-blocking streams: compute (every op, in issue order) and copy
+ * (h2d_async: weight streaming). Ordering between them is by events only.
+ */
+#include "cuda_common.cuh"
+
+#include <stdlib.h>
+#include <string.h>
+
+namespace {
+
+__global__ void k_probe(int *p)
+{
+    if (p)
+        *p = 1;
+}
+
+void be_destroy(cuda_be *be)
+{
+    if (!be)
+        return;
+    cudaSetDevice(be->device);
+    if (be->compute)
+        cudaStreamSynchronize(be->compute);
+    if (be->copy)
+        cudaStreamSynchronize(be->copy);
+    cuda_conv_free(be);
+    cuda_gemm_free(be);
+    if (be->xfer.p)
+        cudaFree(be->xfer.p);
+    if (be->scratch.p)
+        cudaFree(be->scratch.p);
+    if (be->scratch2.p)
+        cudaFree(be->scratch2.p);
+    if (be->order)
+        cudaEventDestroy(be->order);
+    if (be->compute)
+        cudaStreamDestroy(be->compute);
+    if (be->copy)
+        cudaStreamDestroy(be->copy);
+    free(be);
+}
+
+} // namespace
+
+static void cb_destroy(void *impl) { be_destroy((cuda_be *)impl); }
+static const char *cb_last_error(void *impl) { return ((cuda_be *)impl)->err; }
+
+static void cb_mem_info(void *impl, uint64_t *total, uint64_t *free_, uint64_t *workspace)
+{
+    cuda_be *be = (cuda_be *)impl;
+    size_t f = 0, t = 0;
+    if (cudaMemGetInfo(&f, &t) != cudaSuccess)
+        f = t = 0;
+    *total = t;
+    *free_ = f;
+    *workspace = be->lt_ws_bytes + be->xfer.bytes + be->scratch.bytes + be->scratch2.bytes;
+}
+
+static vf_status cb_alloc(void *impl, size_t bytes, void **p)
+{
+    cuda_be *be = (cuda_be *)impl;
+    CU_TRY(be, cudaMalloc(p, bytes), "cudaMalloc");
+    be->alloc_bytes += bytes;
+    return VF_OK;
+}
+
+static void cb_free(void *impl, void *p)
+{
+    /* cudaFree synchronises the device: queued work on p has finished. */
+    cudaFree(p);
+}
+
+static vf_status cb_upload(void *impl, void *dst, const void *src, vf_dtype t, size_t n)
+{
+    return cuda_upload_convert((cuda_be *)impl, dst, src, t, n);
+}
+
+static vf_status cb_download(void *impl, float *dst, const void *src, size_t n)
+{
+    return cuda_download_f32((cuda_be *)impl, dst, src, n);
+}
+
+static vf_status cb_h2d_async(void *impl, void *dst, const void *src, size_t bytes)
+{
+    cuda_be *be = (cuda_be *)impl;
+    return cu_check(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, be->copy), "h2d copy");
+}
+
+static vf_status cb_copy(void *impl, void *dst, const void *src, size_t bytes)
+{
+    cuda_be *be = (cuda_be *)impl;
+    return cu_check(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, be->compute), "device copy");
+}
+
+static vf_status cb_sync(void *impl)
+{
+    cuda_be *be = (cuda_be *)impl;
+    CU_TRY(be, cudaStreamSynchronize(be->copy), "copy stream");
+    CU_TRY(be, cudaStreamSynchronize(be->compute), "compute stream");
+    return cu_check(be, cudaGetLastError(), "device");
+}
+
+static vf_status cb_event_create(void *impl, void **ev)
+{
+    cuda_be *be = (cuda_be *)impl;
+    cudaEvent_t e;
+    CU_TRY(be, cudaEventCreate(&e), "cudaEventCreate");
+    *ev = (void *)e;
+    return VF_OK;
+}
+
+static void cb_event_destroy(void *impl, void *ev) { cudaEventDestroy((cudaEvent_t)ev); }
+
+static cudaStream_t stream_of(cuda_be *be, vf_stream s) { return s == VF_STREAM_COPY ? be->copy : be->compute; }
+
+static vf_status cb_record(void *impl, void *ev, vf_stream s)
+{
+    cuda_be *be = (cuda_be *)impl;
+    return cu_check(be, cudaEventRecord((cudaEvent_t)ev, stream_of(be, s)), "cudaEventRecord");
+}
+
+static vf_status cb_wait(void *impl, vf_stream s, void *ev)
+{
+    cuda_be *be = (cuda_be *)impl;
+    return cu_check(be, cudaStreamWaitEvent(stream_of(be, s), (cudaEvent_t)ev, 0), "cudaStreamWaitEvent");
+}
+
+static vf_status cb_event_sync(void *impl, void *ev)
+{
+    cuda_be *be = (cuda_be *)impl;
+    return cu_check(be, cudaEventSynchronize((cudaEvent_t)ev), "cudaEventSynchronize");
+}
+
+static vf_status cb_elapsed_ms(void *impl, void *a, void *b, float *ms)
+{
+    cuda_be *be = (cuda_be *)impl;
+    return cu_check(be, cudaEventElapsedTime(ms, (cudaEvent_t)a, (cudaEvent_t)b), "cudaEventElapsedTime");
+}
+
+static const vf_backend_ops cuda_ops = {
+    VF_BACKEND_ABI,  sizeof(vf_backend_ops), cb_destroy,   cb_last_error,    cb_mem_info,
+    cb_alloc,        cb_free,                cb_upload,    cb_download,      cuda_upload_fm,
+    cuda_download_fm, cuda_upload_conv_weight, cb_h2d_async, cb_copy,        cb_sync,
+    cb_event_create, cb_event_destroy,       cb_record,    cb_wait,          cb_event_sync,
+    cb_elapsed_ms,   cuda_linear,            cuda_conv2d,  cuda_groupnorm,   cuda_layernorm,
+    cuda_act,        cuda_geglu,             cuda_add,     cuda_axpby,       cuda_attention,
+    cuda_upsample2x, cuda_concat,            cuda_fm_copy, cuda_fm_copy,     cuda_timestep_embedding,
+};
+
+static vf_status open_device(cuda_be *be, const vf_backend_open_args *a, vf_backend_info *info)
+{
+    int n = 0;
+    CU_TRY(be, cudaGetDeviceCount(&n), "no usable CUDA driver or device");
+    if (a->device < 0 || a->device >= n)
+        return be_fail(be, VF_ERR_DEVICE, "device %d requested, %d present", a->device, n);
+    be->device = a->device;
+    CU_TRY(be, cudaSetDevice(be->device), "cudaSetDevice");
+    CU_TRY(be, cudaGetDeviceProperties(&be->prop, be->device), "cudaGetDeviceProperties");
+    if (be->prop.major < 8)
+        return be_fail(be, VF_ERR_UNSUPPORTED, "%s has compute capability %d.%d; 8.0 or newer is needed",
+                       be->prop.name, be->prop.major, be->prop.minor);
+    CU_TRY(be, cudaStreamCreateWithFlags(&be->compute, cudaStreamNonBlocking), "compute stream");
+    CU_TRY(be, cudaStreamCreateWithFlags(&be->copy, cudaStreamNonBlocking), "copy stream");
+    CU_TRY(be, cudaEventCreateWithFlags(&be->order, cudaEventDisableTiming), "event");
+    k_probe<<<1, 1, 0, be->compute>>>(NULL);
+    CU_TRY(be, cudaGetLastError(), "probe kernel (this build has no code for the device?)");
+    CU_TRY(be, cudaStreamSynchronize(be->compute), "probe kernel");
+    VF_TRY(cuda_gemm_init(be));
+    char conv[160] = "", attn[48] = "";
+    VF_TRY(cuda_conv_init(be, conv, sizeof conv));
+    VF_TRY(cuda_attention_init(be, attn, sizeof attn));
+    int rt = 0, drv = 0;
+    cudaRuntimeGetVersion(&rt);
+    cudaDriverGetVersion(&drv);
+    memset(info, 0, sizeof *info);
+    info->kind = VF_BACKEND_CUDA;
+    info->dtype = a->dtype;
+    info->fm_layout = VF_LAYOUT_NHWC;
+    info->filter_layout = VF_FILTER_OHWI;
+    snprintf(info->name, sizeof info->name, "cuda");
+    snprintf(info->device, sizeof info->device, "%s", be->prop.name);
+    info->cc_major = be->prop.major;
+    info->cc_minor = be->prop.minor;
+    info->multiprocessors = be->prop.multiProcessorCount;
+    snprintf(info->features, sizeof info->features, "cudart-%d driver-%d cublasLt %s %s", rt, drv, attn, conv);
+    return VF_OK;
+}
+
+extern "C" __attribute__((visibility("default"))) vf_status
+vf_cuda_backend_open(const vf_backend_open_args *a, const vf_backend_ops **ops, void **impl, vf_backend_info *info,
+                     char *err, size_t cap)
+{
+    *ops = NULL;
+    *impl = NULL;
+    if (!a || a->abi != VF_BACKEND_ABI) {
+        snprintf(err, cap, "ABI mismatch: the core speaks %d, this library %d", a ? a->abi : -1, VF_BACKEND_ABI);
+        return VF_ERR_DEVICE;
+    }
+    if (a->dtype != VF_DTYPE_F16 && a->dtype != VF_DTYPE_BF16) {
+        snprintf(err, cap, "compute dtype %d is not supported (F16 or BF16)", (int)a->dtype);
+        return VF_ERR_UNSUPPORTED;
+    }
+    cuda_be *be = (cuda_be *)calloc(1, sizeof(cuda_be));
+    if (!be) {
+        snprintf(err, cap, "out of host memory");
+        return VF_ERR_NO_MEMORY;
+    }
+    be->dtype = a->dtype;
+    vf_status st = open_device(be, a, info);
+    if (st != VF_OK) {
+        snprintf(err, cap, "%s", be->err);
+        be_destroy(be);
+        return st;
+    }
+    *ops = &cuda_ops;
+    *impl = be;
+    return VF_OK;
+}
