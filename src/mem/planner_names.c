@@ -107,11 +107,11 @@ static double unit_scale(const char *u)
         {"g", 0x1p30},       {"gi", 0x1p30},      {"gib", 0x1p30},      {"gb", 1e9},
         {"t", 0x1p40},       {"ti", 0x1p40},      {"tib", 0x1p40},      {"tb", 1e12},
     };
-    char low[8];
+    char low[8] = {0};
     size_t n = strlen(u);
     if (n >= sizeof low)
         return 0;
-    for (size_t i = 0; i <= n; i++)
+    for (size_t i = 0; i < n && i < sizeof low - 1; i++)
         low[i] = (char)tolower((unsigned char)u[i]);
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
         if (strcmp(low, units[i].name) == 0)

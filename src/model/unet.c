@@ -529,7 +529,7 @@ static vf_status resnet(fwd *f, const float *x, int cin, int cout, int H, int W,
 {
     const vf_unet_config *cfg = f->cfg;
     const float *const *w;
-    int bi, B = f->B, HW = H * W;
+    int bi = 0, B = f->B, HW = H * W;
     size_t nin = (size_t)B * cin * HW, nout = (size_t)B * cout * HW;
     float *t = NULL, *u = NULL, *tp = NULL;
     vf_status st = next_block(f, cin != cout ? 12 : 10, &w, &bi);
@@ -646,7 +646,7 @@ static void feed_forward(tscratch *s, float *hs, int N, int C, const float *cons
 static vf_status tblock(fwd *f, tscratch *s, float *hs, int L, int C, int heads)
 {
     const float *const *w;
-    int bi, N = f->B * L;
+    int bi = 0, N = f->B * L;
     vf_status st = next_block(f, 20, &w, &bi);
     if (st != VF_OK)
         return st;
@@ -672,7 +672,7 @@ done:
 static vf_status transformer(fwd *f, float *x, int C, int H, int W, int heads, int tlayers)
 {
     const float *const *w;
-    int bi, B = f->B, HW = H * W, N = B * HW;
+    int bi = 0, B = f->B, HW = H * W, N = B * HW;
     size_t nk = (size_t)N > (size_t)B * f->Lc ? (size_t)N : (size_t)B * f->Lc;
     tscratch s;
     float *hs = NULL;
@@ -715,7 +715,7 @@ static vf_status conv_block(fwd *f, const float *x, float *y, int cin, int H, in
                             int stride)
 {
     const float *const *w;
-    int bi;
+    int bi = 0;
     VF_TRY(next_block(f, 2, &w, &bi));
     vf_status st = vf_cpu_conv2d(y, x, w[0], w[1], f->B, cin, H, W, cout, k, k, stride, k / 2);
     vf_residency_release(f->res, bi);
@@ -728,7 +728,7 @@ static vf_status conv_block(fwd *f, const float *x, float *y, int cin, int H, in
 static vf_status mlp_embed(fwd *f, const float *x, int in, float *y, float *tmp)
 {
     const float *const *w;
-    int bi, T = f->cfg->temb_dim;
+    int bi = 0, T = f->cfg->temb_dim;
     VF_TRY(next_block(f, 4, &w, &bi));
     vf_cpu_linear(tmp, x, w[0], w[1], f->B, in, T);
     vf_cpu_silu(tmp, (size_t)f->B * T);
@@ -952,7 +952,7 @@ static vf_status out_pass(fwd *f, float *cur, int H, int W, float *out)
 {
     const vf_unet_config *cfg = f->cfg;
     const float *const *w;
-    int bi;
+    int bi = 0;
     VF_TRY(next_block(f, 2, &w, &bi));
     vf_cpu_groupnorm(cur, cur, w[0], w[1], f->B, cfg->ch[0], H * W, cfg->groups, cfg->norm_eps, 1);
     vf_residency_release(f->res, bi);

@@ -206,7 +206,7 @@ static vf_status arena_add(vf_tokenizer *t, const char *s, size_t len, uint32_t 
 /* Adds s with id, or re-ids it: a later duplicate wins, as in a Python dict. */
 static vf_status sym_put(vf_tokenizer *t, const char *s, size_t len, int32_t id)
 {
-    uint32_t h = hash_bytes(s, len), mask = t->nslots - 1, off;
+    uint32_t h = hash_bytes(s, len), mask = t->nslots - 1, off = 0;
     int32_t k = sym_find(t, s, len, h);
     if (k >= 0) {
         t->syms[k].id = id;
@@ -603,7 +603,7 @@ vf_status vf_tokenizer_load_files(const char *vocab_json, const char *merges_txt
     cJSON *cfg = NULL;
     char *text = NULL;
     merge_line *ml = NULL;
-    size_t len, nml;
+    size_t len = 0, nml = 0;
     vf_status st = tok_new(&t);
     if (st == VF_OK)
         st = load_vocab_json(t, vocab_json);
@@ -712,7 +712,7 @@ static vf_status load_gz(const char *path, vf_tokenizer **out)
     vf_tokenizer *t = NULL;
     char *text = NULL;
     merge_line *ml = NULL;
-    size_t len, nml;
+    size_t len = 0, nml = 0;
     vf_status st = read_gz(path, &text, &len);
     if (st == VF_OK)
         st = collect_merges(path, text, len, 0, &ml, &nml);
@@ -1159,7 +1159,7 @@ static vf_status clean(scratch *s, const char *p, size_t n, size_t *len)
 /* A piece of text between added tokens. */
 static vf_status piece(vf_tokenizer *t, scratch *s, const char *p, size_t n)
 {
-    size_t m;
+    size_t m = 0;
     if (n == 0)
         return VF_OK;
     VF_TRY(clean(s, p, n, &m));
