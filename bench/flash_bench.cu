@@ -1,11 +1,12 @@
 /* Tile-shape sweep of the flash-attention kernel (src/backend/cuda/flash_kernel.cuh)
  * at the ANCHORS.md shapes, fp16, head dim 64. Each variant's output is
- * compared with the first (the library's choice, itself checked against the
+ * compared with the first (the mma.sync kernel, itself checked against the
  * CPU by tests/gpu/test_cuda_ops.c) and timed with CUDA events: median of
  * 100 runs after 20 warm-ups, inputs random normal (never zeros).
- * Build: nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -I src bench/flash_bench.cu
+ * Build: nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I src bench/flash_bench.cu
  */
 #include "backend/cuda/flash_kernel.cuh"
+#include "backend/cuda/flash_wgmma.cuh"
 
 #include <algorithm>
 #include <cmath>
@@ -34,20 +35,40 @@ template <int DP, int BC, int MT, int NW, bool QREG> void launch(const flash::pa
     k<<<grid, NW * 32, S::SMEM, s>>>(p);
 }
 
+template <int NWG, int BC> void launch_wg2(const flash::params &p, int B, cudaStream_t s)
+{
+    typedef flashwg::shape<NWG, BC, 2> S;
+    auto k = flashwg::attn_wg2<half, NWG, BC>;
+    CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, S::SMEM));
+    dim3 grid((p.Lq + S::BR - 1) / S::BR, p.H, B);
+    k<<<grid, NWG * 128, S::SMEM, s>>>(p);
+}
+
+template <int NWG, int BC, int ST, int PIPE, int PIN = 1> void launch_wg(const flash::params &p, int B, cudaStream_t s)
+{
+    typedef flashwg::shape<NWG, BC, ST> S;
+    auto k = flashwg::attn_wg<half, NWG, BC, ST, PIPE, PIN>;
+    CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, S::SMEM));
+    dim3 grid((p.Lq + S::BR - 1) / S::BR, p.H, B);
+    k<<<grid, NWG * 128, S::SMEM, s>>>(p);
+}
+
 struct variant {
     const char *name;
     launch_fn fn;
 };
 
 static const variant variants[] = {
-    {"DP64 BC64 MT2 NW4 qreg (lib)", launch<64, 64, 2, 4, true>},
-    {"DP64 BC64 MT2 NW4 qsmem", launch<64, 64, 2, 4, false>},
-    {"DP64 BC32 MT2 NW4 qreg", launch<64, 32, 2, 4, true>},
-    {"DP64 BC64 MT1 NW4 qreg", launch<64, 64, 1, 4, true>},
-    {"DP64 BC128 MT1 NW4 qreg", launch<64, 128, 1, 4, true>},
-    {"DP64 BC64 MT1 NW8 qreg", launch<64, 64, 1, 8, true>},
-    {"DP64 BC128 MT1 NW8 qreg", launch<64, 128, 1, 8, true>},
-    {"DP64 BC64 MT2 NW8 qreg", launch<64, 64, 2, 8, true>},
+    {"mma DP64 BC64 MT2 NW4", launch<64, 64, 2, 4, true>},
+    {"wg2 NWG1 BC128 (lib)", launch_wg2<1, 128>},
+    {"wg2 NWG1 BC64", launch_wg2<1, 64>},
+    {"wg2 NWG2 BC64", launch_wg2<2, 64>},
+    {"wg NWG1 BC128 ST3", launch_wg<1, 128, 3, 0, 0>},
+    {"wg-pipe NWG1 BC128 ST3", launch_wg<1, 128, 3, 1, 0>},
+    {"wg-pipe NWG1 BC128 ST3 pin", launch_wg<1, 128, 3, 1, 1>},
+    {"wg-pipe NWG1 BC64 ST4", launch_wg<1, 64, 4, 1, 0>},
+    {"wg-pipe NWG2 BC64 ST4", launch_wg<2, 64, 4, 1, 0>},
+    {"wg-pipe NWG2 BC128 ST3", launch_wg<2, 128, 3, 1, 0>},
 };
 
 int main()
@@ -120,7 +141,7 @@ int main()
                 CK(cudaEventElapsedTime(&x, e0, e1));
             }
             std::sort(t.begin(), t.end());
-            printf("  B%d H%d L%d D%d  %-30s %.4f ms  %6.1f TFLOP/s  diff vs lib %.2e%s\n", B, H, L, D,
+            printf("  B%d H%d L%d D%d  %-30s %.4f ms  %6.1f TFLOP/s  diff vs first %.2e%s\n", B, H, L, D,
                    variants[vi].name, t[50], flops / (t[50] * 1e-3) / 1e12, maxr > 0 ? maxd / maxr : 0.0,
                    nan ? " NaN" : "");
             cudaEventDestroy(e0);

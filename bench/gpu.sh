@@ -24,7 +24,7 @@ if [ "${1:-}" = "--prepare" ]; then
     cmake --build $B -j2 --target test_cuda_ops vramfit_cuda
     mkdir -p "$BIN"
     cp $B/tests/test_cuda_ops $B/libvramfit-cuda.so "$BIN"/
-    nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -I src bench/flash_bench.cu -o "$BIN"/flash_bench
+    nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I src bench/flash_bench.cu -o "$BIN"/flash_bench
     for f in $(ldd "$BIN"/test_cuda_ops | awk '/=>/ {print $3}'); do
         case "$f" in */libc.so*|*/libm.so*|*/libgcc_s*|*/ld-linux*) ;; *) cp -L "$f" "$BIN"/ ;; esac
     done
@@ -38,7 +38,7 @@ if [ ! -x "$BIN/test_cuda_ops" ]; then
     echo "no prepared binaries in $BIN: building into build-gpu"
     cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release && cmake --build build-gpu -j"$(nproc)" --target test_cuda_ops vramfit_cuda || exit 1
     BIN=build-gpu-bin; mkdir -p $BIN; cp build-gpu/tests/test_cuda_ops build-gpu/libvramfit-cuda.so $BIN/
-    nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -I src bench/flash_bench.cu -o $BIN/flash_bench || true
+    nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I src bench/flash_bench.cu -o $BIN/flash_bench || true
 fi
 export LD_LIBRARY_PATH="$PWD/$BIN${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export VF_CUDA_LIB="$PWD/$BIN/libvramfit-cuda.so"
@@ -68,5 +68,6 @@ echo "== summary"
 cat "$OUT/env.txt"
 grep -E '^FAIL|passed,' "$OUT/ops.log"
 grep -E '^BENCH' "$OUT/ops.log"
+[ -f "$OUT/flash.log" ] && grep -E 'TFLOP' "$OUT/flash.log"
 grep -E 'SDPA (default|flash|cudnn) ' "$OUT/sdpa.log"
 exit $ops_rc

@@ -35,7 +35,8 @@ typedef enum vf_status {
     VF_ERR_DEVICE,       /* the GPU runtime reported an error                 */
     VF_ERR_BUDGET,       /* the request does not fit the memory budget        */
     VF_ERR_CANCELLED,    /* a callback asked to stop                          */
-    VF_ERR_INTERNAL      /* a bug in vramfit                                  */
+    VF_ERR_INTERNAL,     /* a bug in vramfit                                  */
+    VF_ERR_NONFINITE     /* a stage produced NaN or infinity (bad weights, overflow) */
 } vf_status;
 
 /* A short fixed name for a status ("invalid argument", ...). */
@@ -118,12 +119,24 @@ typedef struct vf_model_options {
      * NULL: use tokenizer_dir when it holds configs, else the published
      * defaults of the detected architecture. */
     const char *config_dir;
+    /* Device, offload strategy, VRAM budget, loading and dtype policy (see
+     * vf_pipeline_options under "memory manager"); copied by vf_model_open.
+     * NULL: vf_pipeline_options_init's defaults (the CPU, on demand). */
+    const struct vf_pipeline_options *pipeline;
+    /* Compute backend: NULL or "cpu" (float32, the reference), "cuda" (=
+     * "cuda:f16") or "cuda:bf16": the GPU through libvramfit-cuda.so, loaded
+     * at run time ($VF_CUDA_LIB, the loader's path, or beside the program);
+     * VF_ERR_DEVICE at open when it cannot be had. On CUDA every component's
+     * weights are kept on the GPU in the compute dtype once first used
+     * (budgets and offload strategies do not apply to them yet). */
+    const char *backend;
 } vf_model_options;
 
 VF_API void vf_model_options_init(vf_model_options *o);
 /* Opens a diffusers folder or a single-file checkpoint. Every header is read and
  * every tensor checked against the architecture before this returns; weights
- * themselves are read later, when a stage needs them. */
+ * themselves are read later, when a stage needs them (or before this returns
+ * with EAGER loading, see vf_pipeline_options). */
 VF_API vf_status vf_model_open(const char *path, const vf_model_options *o, vf_model **out);
 VF_API void vf_model_close(vf_model *m);
 VF_API vf_arch vf_model_arch(const vf_model *m);
@@ -167,8 +180,33 @@ VF_API vf_status vf_tokenize_window(vf_tokenizer *t, const char *utf8, int32_t i
 
 /* ---- prompt encoding -------------------------------------------------------- */
 
+/* How prompt text is read (`--prompt-syntax`). Names: "a1111", "plain", "diffusers".
+ * A1111 (the default): AUTOMATIC1111's syntax: (word:1.2), (word) = x1.1,
+ *   [word] = /1.1, nesting multiplies, \( \) \[ \] \\ literal, BREAK starts a
+ *   new window; prompts past 75 tokens continue in further 77-token windows
+ *   (BOS + 75 + EOS), each encoded on its own and concatenated, so seq_len is
+ *   77 * windows; weights scale each token's embedding and the window is then
+ *   rescaled to its original mean, as A1111 does. A prompt without brackets,
+ *   backslashes or BREAK that fits 75 tokens gives exactly diffusers' embeddings.
+ * PLAIN: the literal text (no weights, no BREAK), still in as many windows as it needs.
+ * DIFFUSERS: the literal text in one window, truncated at 75 tokens, as diffusers does. */
+typedef enum vf_prompt_syntax {
+    VF_PROMPT_SYNTAX_A1111 = 0,
+    VF_PROMPT_SYNTAX_PLAIN,
+    VF_PROMPT_SYNTAX_DIFFUSERS,
+    VF_PROMPT_SYNTAX_COUNT
+} vf_prompt_syntax;
+
+/* "a1111", "plain", "diffusers"; "?" out of range. */
+VF_API const char *vf_prompt_syntax_name(vf_prompt_syntax s);
+/* The inverse (case-insensitive); VF_ERR_INVALID_ARG naming the text otherwise. */
+VF_API vf_status vf_prompt_syntax_parse(const char *name, vf_prompt_syntax *out);
+
 typedef struct vf_embeddings {
-    int seq_len;                  /* 77                                        */
+    /* 77 * windows: the prompt and its negative are padded to the same number
+     * of windows with the encoding of "" (A1111's pad_cond_uncond); SDXL's
+     * pooled outputs come from the first window. */
+    int seq_len;
     int dim;                      /* 768 (SD1.5), 2048 (SDXL)                  */
     int pooled_dim;               /* 1280 (SDXL), 0 (SD1.5)                    */
     float *prompt;                /* seq_len * dim                             */
@@ -180,6 +218,9 @@ typedef struct vf_embeddings {
 /* ENCODE_PROMPT on the CPU. negative may be NULL (treated as ""). */
 VF_API vf_status vf_encode_prompt(vf_model *m, const char *prompt, const char *negative,
                                   vf_embeddings **out);
+/* The same with a syntax (vf_encode_prompt reads VF_PROMPT_SYNTAX_A1111). */
+VF_API vf_status vf_encode_prompt_ex(vf_model *m, const char *prompt, const char *negative,
+                                     vf_prompt_syntax syntax, vf_embeddings **out);
 VF_API void vf_embeddings_free(vf_embeddings *e);
 
 /* ---- samplers ----------------------------------------------------------------- */
@@ -223,8 +264,15 @@ VF_API const char *vf_generation_step_name(vf_generation_step s);
  * call returns VF_ERR_CANCELLED, having freed everything it made. */
 typedef int (*vf_progress_fn)(void *user, vf_generation_step stage, int step, int total);
 
+struct vf_latents;
+/* Called after denoising step `step` (1..total) with the latents so far,
+ * (1,C,h,w) and not yet divided by the VAE's scaling factor (what
+ * vf_latents_preview takes); they are valid during the call only. A nonzero
+ * return cancels, as from vf_progress_fn. */
+typedef int (*vf_latents_fn)(void *user, int step, int total, const struct vf_latents *latents);
+
 typedef struct vf_generate_params {
-    const char *prompt;           /* UTF-8, taken literally; NULL means ""   */
+    const char *prompt;           /* UTF-8 in prompt_syntax; NULL means ""    */
     /* NULL: no negative prompt (SDXL then conditions on zeros when the model
      * sets force_zeros_for_empty_prompt, as diffusers does for None). */
     const char *negative_prompt;
@@ -248,6 +296,8 @@ typedef struct vf_generate_params {
     /* NULL, or a .safetensors file that receives the intermediates under the
      * reference fixtures' names (see vf_generate). */
     const char *dump_path;
+    vf_prompt_syntax prompt_syntax; /* default VF_PROMPT_SYNTAX_A1111           */
+    vf_latents_fn on_latents;     /* NULL: none; gets `user` too              */
 } vf_generate_params;
 
 #define VF_MAX_IMAGE_SIDE 16384
@@ -269,6 +319,18 @@ typedef struct vf_image {
     float *pixels;
 } vf_image;
 VF_API void vf_image_free(vf_image *img);
+/* Writes img's rgb plane as an 8-bit RGB PNG (through "<path>.tmp" and a
+ * rename) with a "Software" text chunk and, when parameters is not NULL, a
+ * "parameters" chunk (UTF-8; the generation record other tools read). */
+VF_API vf_status vf_image_save_png(const vf_image *img, const char *path, const char *parameters);
+
+/* A cheap look at latents without the VAE: each latent pixel's channels times
+ * a fixed (C,3) matrix plus a bias (the latent-to-RGB factors other tools use
+ * for SD1.5 and SDXL previews), mapped from [-1,1] to [0,255], each latent
+ * pixel drawn as a scale x scale block (scale 1..64; 8 gives the image's own
+ * size). Only the first latent of a batch. VF_ERR_UNSUPPORTED for latents that
+ * are not 4 channels or an unknown architecture. *out: rgb filled, pixels NULL. */
+VF_API vf_status vf_latents_preview(vf_arch arch, const struct vf_latents *l, int scale, vf_image **out);
 
 /* The sampler a generation with `requested` runs on this model (resolves
  * VF_SAMPLER_DEFAULT from scheduler_config.json; never returns DEFAULT). */
@@ -450,6 +512,93 @@ VF_API void vf_plan_get_summary(const vf_plan *p, vf_plan_summary *out);
  * string; free it with vf_string_free. */
 VF_API vf_status vf_plan_to_json(const vf_plan *p, char **out);
 VF_API void vf_string_free(char *s);
+
+/* ---- the pipeline's memory (Python: IntelligentGenerationPipeline) ----------------- */
+
+/* How an open model uses memory; set through vf_model_options.pipeline.
+ *
+ * Every generation runs from a plan (vf_model_get_plan) made for its request
+ * (size, steps, guidance) and the device: per component the compute device and
+ * stage, per block resident or streamed, the ring depth. Device memory is one
+ * arena reserved once (context + arena <= budget) and re-reserved only when a
+ * request needs a different plan; the planner's activation estimate is
+ * reserved in it too. If the arena cannot be reserved or a device allocation
+ * fails (a shared GPU), the model re-plans for what is free and continues, or
+ * fails with VF_ERR_BUDGET saying what is free and what would be needed; the
+ * next request starts afresh either way.
+ *
+ * Devices (the `device` string):
+ *   "cpu"   every component computes on the CPU in float32 (the default);
+ *           offload strategies other than AUTO are VF_ERR_UNSUPPORTED, and
+ *           vram_budget is ignored.
+ *   "sim[:BANDWIDTH][,context=SIZE][,memory=SIZE]"
+ *           the simulated device: kernels run on the CPU in float32 but read
+ *           weights from their own "device" memory, filled by explicit copies
+ *           on a copy-engine thread, so the plans, budgets, streaming and
+ *           failures of a GPU run for real without one (tests, CI, exploring
+ *           budgets). BANDWIDTH: copy bytes per second as a size (vf_parse_size:
+ *           "12G" = 12 GiB/s; default unthrottled); context: bytes the device
+ *           holds from creation, counted in the budget (default 300 MiB, like
+ *           a CUDA context); memory: its capacity (default: the budget, or
+ *           8 GiB without one). Without vram_budget the budget is its memory.
+ *   "cuda"  the GPU (not built yet: VF_ERR_UNSUPPORTED).
+ * Sizes in the spec are case-insensitive vf_parse_size sizes. */
+typedef struct vf_pipeline_options {
+    const char *device;            /* NULL: "cpu"                                  */
+    vf_offload_strategy offload;   /* default AUTO                                 */
+    /* Device bytes the model may hold, context included; never exceeded.
+     * 0: the free memory at start minus max(256 MiB, 5%) (sim: its memory). */
+    uint64_t vram_budget;
+    /* default ON_DEMAND: weights are read when a stage first needs them, so
+     * opening stays cheap (inspect, plan). EAGER: vf_model_open loads what the
+     * plan for the model's default request keeps between stages. */
+    vf_loading_strategy loading;
+    /* default AUTO. The cpu and sim devices compute in F32 only: AUTO, FAST
+     * and F32 mean F32 there, the others are VF_ERR_UNSUPPORTED. */
+    vf_dtype_policy dtype_policy;
+} vf_pipeline_options;
+
+VF_API void vf_pipeline_options_init(vf_pipeline_options *o);
+
+/* 1 while the model holds memory for generation: weights of a component
+ * (host conversions or device arena) or its reserved arena. With ON_DEMAND,
+ * 0 from open until a stage first runs; then 1 until vf_model_unload. Under
+ * SEQUENTIAL components come and go with their stages, and the arena stays. */
+VF_API int vf_model_is_loaded(const vf_model *m);
+/* What EAGER does at open, now: plans for the last request (the model's
+ * default one when none ran), reserves the arena and loads every component
+ * the plan keeps between stages. */
+VF_API vf_status vf_model_load(vf_model *m);
+/* Frees every loaded weight and the arena; the next stage loads on demand. */
+VF_API void vf_model_unload(vf_model *m);
+/* "cpu", "sim" (later "cuda"): the device the model was opened on. */
+VF_API const char *vf_model_device_name(const vf_model *m);
+
+/* Where a component runs under the model's plan (Python: a component's device
+ * and dtype). */
+typedef struct vf_component_placement {
+    int present;
+    const char *device;           /* "cpu", "sim", "cuda"                     */
+    vf_dtype dtype;               /* of its weights where it computes          */
+    vf_generation_step stage;
+    int loaded;                   /* its weights are held now                  */
+    /* 1: created for its stage and freed after it (SEQUENTIAL; under STREAM a
+     * text encoder or VAE part of which streams); 0: kept between stages. */
+    int per_stage;
+    uint64_t resident_bytes;      /* device: arena bytes of resident blocks    */
+    uint64_t streamed_bytes;      /* device: bytes copied in per call          */
+    uint64_t ring_bytes;          /* device: the staging ring                  */
+    uint64_t activation_bytes;    /* device: the activation reservation        */
+    int ring_depth;               /* 0: nothing streams                        */
+} vf_component_placement;
+
+/* Plans (without loading) when no plan exists yet. */
+VF_API vf_status vf_model_component_placement(vf_model *m, vf_component c,
+                                              vf_component_placement *out);
+/* The plan the model runs: made for the last request (the default request
+ * when none ran yet; planning loads nothing). Borrowed: valid until the next
+ * call on the model. Under "cpu" it is the CPU plan. */
+VF_API vf_status vf_model_get_plan(vf_model *m, const vf_plan **out);
 
 /* ---- model pool ------------------------------------------------------------------ */
 

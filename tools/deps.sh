@@ -3,6 +3,8 @@
 # sudo available). Everything the build needs comes from here: no downloads.
 set -euo pipefail
 pkgs="cmake make gcc pkg-config libcjson-dev libutf8proc-dev libopenblas-dev libpng-dev zlib1g-dev python3 python3-pytest"
+# tools/fuzz.sh: clang, libFuzzer and the sanitizer runtimes, llvm-symbolizer for its reports
+pkgs="$pkgs clang-14 libclang-rt-14-dev llvm-14"
 missing=""
 for p in $pkgs; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -22,6 +22,7 @@ struct vf_backend {
     vf_backend_info info;
     size_t esize;
     void *dl;                       /* the plugin's dlopen handle, or NULL     */
+    uint64_t h2d, d2h;              /* host link bytes (vf_be_link_bytes)      */
 };
 
 void vf_backend_options_init(vf_backend_options *o)
@@ -127,6 +128,20 @@ void vf_be_mem_info(vf_backend *be, uint64_t *total, uint64_t *free, uint64_t *w
         *workspace = w;
 }
 
+void vf_be_mem_stats_get(vf_backend *be, vf_be_mem_stats *s, int reset_peak)
+{
+    memset(s, 0, sizeof *s);
+    be->ops->mem_stats(be->impl, s, reset_peak ? 1 : 0);
+}
+
+void vf_be_link_bytes(const vf_backend *be, uint64_t *h2d, uint64_t *d2h)
+{
+    if (h2d)
+        *h2d = be->h2d;
+    if (d2h)
+        *d2h = be->d2h;
+}
+
 /* ---- argument checks ----------------------------------------------------------- */
 
 static vf_status fail(vf_backend *be, vf_status st, const char *op)
@@ -221,6 +236,7 @@ vf_status vf_be_upload(vf_backend *be, vf_dbuf *dst, const void *src, vf_dtype s
         return bad("upload", "source dtype must be F32, F16 or BF16");
     if (n == 0)
         return VF_OK;
+    be->h2d += n * vf_dtype_size(src_dtype);
     CALL(be, upload, dst, src, src_dtype, n);
 }
 
@@ -229,6 +245,7 @@ vf_status vf_be_download(vf_backend *be, float *dst, const vf_dbuf *src, size_t 
     PTRS("download", dst, src);
     if (n == 0)
         return VF_OK;
+    be->d2h += n * sizeof(float);
     CALL(be, download, dst, src, n);
 }
 
@@ -236,6 +253,7 @@ vf_status vf_be_upload_fm(vf_backend *be, vf_dbuf *dst, const float *src, int B,
 {
     PTRS("upload_fm", dst, src);
     DIMS(be, "upload_fm", B, C, H, W);
+    be->h2d += (uint64_t)B * C * H * W * sizeof(float);
     CALL(be, upload_fm, dst, src, B, C, H, W);
 }
 
@@ -243,6 +261,7 @@ vf_status vf_be_download_fm(vf_backend *be, float *dst, const vf_dbuf *src, int 
 {
     PTRS("download_fm", dst, src);
     DIMS(be, "download_fm", B, C, H, W);
+    be->d2h += (uint64_t)B * C * H * W * sizeof(float);
     CALL(be, download_fm, dst, src, B, C, H, W);
 }
 
@@ -253,6 +272,7 @@ vf_status vf_be_upload_conv_weight(vf_backend *be, vf_dbuf *dst, const void *src
     DIMS(be, "upload_conv_weight", OC, C, KH, KW);
     if (!float_dtype(src_dtype))
         return bad("upload_conv_weight", "source dtype must be F32, F16 or BF16");
+    be->h2d += (uint64_t)OC * C * KH * KW * vf_dtype_size(src_dtype);
     CALL(be, upload_conv_weight, dst, src, src_dtype, OC, C, KH, KW);
 }
 
@@ -261,6 +281,7 @@ vf_status vf_be_h2d_async(vf_backend *be, vf_dbuf *dst, const void *src, size_t 
     PTRS("h2d_async", dst, src);
     if (bytes == 0)
         return VF_OK;
+    be->h2d += bytes;
     CALL(be, h2d_async, dst, src, bytes);
 }
 

@@ -114,6 +114,20 @@ int vf_be_fm_is_tokens(const vf_backend *be);
  * holds in workspaces. On the CPU total = free = 0. */
 void vf_be_mem_info(vf_backend *be, uint64_t *total, uint64_t *free, uint64_t *workspace);
 
+/* What the backend's own allocator holds (vf_be_alloc buffers; on CUDA a
+ * stream-ordered pool that keeps what it reserved), now and at most since the
+ * last reset. On the CPU every figure is 0 (host memory is the monitor's). */
+typedef struct vf_be_mem_stats {
+    uint64_t in_use, peak;          /* bytes of live vf_be_alloc buffers        */
+    uint64_t reserved, reserved_peak; /* bytes the allocator holds from the driver */
+    uint64_t workspace;             /* kernel workspaces (as vf_be_mem_info)    */
+} vf_be_mem_stats;
+/* reset_peak: start the peaks again from the current figures (after reading). */
+void vf_be_mem_stats_get(vf_backend *be, vf_be_mem_stats *s, int reset_peak);
+/* Bytes that crossed the host link through upload*, download* and h2d_async
+ * since the backend was created (source bytes as given / float32 bytes out). */
+void vf_be_link_bytes(const vf_backend *be, uint64_t *h2d, uint64_t *d2h);
+
 /* ---- memory and transfers ----------------------------------------------------- */
 
 /* n elements of the compute dtype (n = 0 gives a valid 1-element buffer). */
@@ -222,7 +236,7 @@ void vf_conv_weight_to_ohwi(void *dst, const void *src, size_t esize, int OC, in
  * failure last_error(impl) gives the backend's message for the latest failure
  * (the wrappers above prefix it with the op's name). Dims were validated by
  * the wrappers (positive, products fit size_t, G divides C, ...). */
-#define VF_BACKEND_ABI 1
+#define VF_BACKEND_ABI 2
 
 typedef struct vf_backend_ops {
     int abi;                        /* VF_BACKEND_ABI                           */
@@ -271,6 +285,8 @@ typedef struct vf_backend_ops {
     vf_status (*tokens_to_fm)(void *impl, void *y, const void *x, int B, int C, int HW);
     vf_status (*timestep_embedding)(void *impl, void *out, const float *t, int B, int dim,
                                     int flip_sin_to_cos, float downscale_freq_shift);
+    /* ABI 2 */
+    void (*mem_stats)(void *impl, vf_be_mem_stats *s, int reset_peak);
 } vf_backend_ops;
 
 /* What the CPU backend and the plugin provide. */

@@ -6,7 +6,8 @@
  * instead of a loader failure at start-up. Search order: the explicit path,
  * $VF_CUDA_LIB, the dynamic loader's own search (LD_LIBRARY_PATH, rpath,
  * ld.so.cache), then the directory of the core library or program and its
- * ../lib, which is where the build and `make install` put it.
+ * parent (test programs in the build tree) and ../lib, which is where the
+ * build and `make install` put it.
  */
 #include "backend/backend.h"
 #include "core/error.h"
@@ -52,7 +53,7 @@ static int dir_of(const char *path, char *dir, size_t cap)
 
 static void *open_beside(const char *base, char *why, size_t cap)
 {
-    static const char *const rel[] = {"", "/../lib", "/../lib64"};
+    static const char *const rel[] = {"", "/..", "/../lib", "/../lib64"};
     char dir[PATH_MAX], path[PATH_MAX + 64];
     void *h = NULL;
     if (!dir_of(base, dir, sizeof dir))

@@ -13,6 +13,8 @@
  * with SA_RESETHAND, so a second Ctrl-C kills the process the usual way.
  */
 #include "cli/cli.h"
+#include "cli/gen_memory.h"
+#include "cli/gen_report.h"
 #include "cli/progress.h"
 #include "io/png.h"
 
@@ -41,6 +43,8 @@ typedef struct gen_args {
     const char *model, *prompt, *negative, *tokenizer, *config, *dump, *output;
     const char *steps, *cfg, *width, *height, *seed, *sampler;
     int quiet;
+    vf_gen_mem_args mem;          /* --device, --vram-budget, ... (gen_memory.h) */
+    vf_gen_report_args rep;       /* --prompt-syntax, --preview, --json (gen_report.h) */
 } gen_args;
 
 static void gen_usage(FILE *f)
@@ -48,13 +52,17 @@ static void gen_usage(FILE *f)
     fprintf(f,
             "usage: vramfit generate --model PATH --prompt TEXT [--negative TEXT] [--steps N]\n"
             "                        [--cfg X] [--width W] [--height H] [--seed S]\n"
-            "                        [--sampler euler|euler_a|ddim|dpmpp_2m] [--tokenizer DIR]\n"
+            "                        [--sampler euler|euler_a|ddim|dpmpp_2m|pndm] [--tokenizer DIR]\n"
             "                        [--config DIR] [--dump FILE.safetensors] [--quiet]\n"
+            "                        [--prompt-syntax a1111|plain|diffusers] [--preview N]\n"
+            "                        [--preview-output FILE] [--json]\n"
+            "                        [--device DEV] [--vram-budget SIZE] [--offload MODE]\n"
+            "                        [--loading MODE] [--dtype POLICY] [--stats]\n"
             "                        --output FILE.png\n\n"
             "Generates an image from a prompt on the CPU (float32), the way diffusers'\n"
             "StableDiffusion(XL)Pipeline does: the same seed gives the same image.\n\n"
             "  --model PATH      diffusers folder or single-file .safetensors checkpoint\n"
-            "  --prompt TEXT     the prompt, taken literally (no weighting syntax)\n"
+            "  --prompt TEXT     the prompt, in --prompt-syntax (default: AUTOMATIC1111's)\n"
             "  --negative TEXT   the negative prompt (default: none; SDXL then uses zeros)\n"
             "  --steps N         denoising steps (default 20)\n"
             "  --cfg X           classifier-free guidance scale (default 7.5; <= 1 turns it off)\n"
@@ -62,14 +70,20 @@ static void gen_usage(FILE *f)
             "                    image size in pixels (default: the model's native size);\n"
             "                    multiples of 64 for SD1.5, 32 for SDXL\n"
             "  --seed S          0..2^64-1 (default, or -1: a random seed, printed)\n"
-            "  --sampler NAME    euler, euler_a, ddim or dpmpp_2m (DPM++ 2M Karras);\n"
+            "  --sampler NAME    euler, euler_a, ddim, dpmpp_2m (DPM++ 2M Karras) or pndm;\n"
             "                    default: the model's scheduler_config.json\n"
-            "  --tokenizer DIR   folder holding tokenizer/ (and tokenizer_2/) for single files\n"
+            "  --tokenizer DIR   folder holding tokenizer/ (and tokenizer_2/) for single files;\n"
+            "                    default: tokenizer/ beside the file, else the Hugging Face\n"
+            "                    cache ($HF_HOME/hub or ~/.cache/huggingface/hub)\n"
             "  --config DIR      diffusers folder whose configs describe a single file\n"
             "  --dump FILE       also write every intermediate tensor (safetensors)\n"
             "  --quiet           no progress output\n"
             "  --output FILE     the PNG to write\n\n"
-            "Exit status: 0 done, 1 failed, 2 bad usage, 130 interrupted (Ctrl-C).\n");
+            "Exit status: 0 done, 1 failed (the message says why), 2 bad usage,\n"
+            "130 interrupted (Ctrl-C; nothing written).\n\n");
+    vf_gen_mem_usage(f);
+    fputc('\n', f);
+    vf_gen_report_usage(f);
 }
 
 /* 0 on success, -1 for --help, VF_EXIT_USAGE after printing why. */
@@ -90,11 +104,22 @@ static int parse_args(int argc, char **argv, gen_args *a)
             a->quiet = 1;
             continue;
         }
+        int mem = vf_gen_mem_parse_arg(argc, argv, &i, &a->mem);
+        if (mem < 0)
+            return VF_EXIT_USAGE;
+        if (mem)
+            continue;
+        int rep = vf_gen_report_parse_arg(argc, argv, &i, &a->rep);
+        if (rep < 0)
+            return VF_EXIT_USAGE;
+        if (rep)
+            continue;
         int k = -1;
         for (int j = 0; j < nopt && k < 0; j++)
             k = strcmp(argv[i], names[j]) == 0 ? j : -1;
         if (k < 0) {
-            fprintf(stderr, "vramfit generate: unknown argument '%s'\n", argv[i]);
+            fprintf(stderr, "vramfit generate: unknown argument '%s' (vramfit generate --help lists the "
+                    "options)\n", argv[i]);
             return VF_EXIT_USAGE;
         }
         if (i + 1 >= argc) {
@@ -177,7 +202,7 @@ static int make_params(const gen_args *a, vf_generate_params *p, int *random)
         p->guidance_scale = (float)g;
     }
     if (a->sampler && vf_sampler_parse(a->sampler, &p->sampler) != VF_OK) {
-        fprintf(stderr, "vramfit generate: --sampler '%s': use euler, euler_a, ddim or dpmpp_2m\n",
+        fprintf(stderr, "vramfit generate: --sampler '%s': use euler, euler_a, ddim, dpmpp_2m or pndm\n",
                 a->sampler);
         return VF_EXIT_USAGE;
     }
@@ -262,9 +287,15 @@ static vf_status write_png(const gen_args *a, const vf_generate_params *p, vf_sa
 static int run(const gen_args *a, vf_generate_params *p, int random)
 {
     vf_model_options o;
+    vf_pipeline_options po;
     vf_model_options_init(&o);
     o.tokenizer_dir = a->tokenizer;
     o.config_dir = a->config;
+    if (vf_gen_mem_options(&a->mem, &po))
+        return VF_EXIT_USAGE;
+    o.pipeline = &po;
+    if (a->mem.stats)
+        vf_gen_mem_stats_begin();
     vf_model *m = NULL;
     vf_image *img = NULL;
     vf_sampler used = VF_SAMPLER_DEFAULT;
@@ -272,8 +303,12 @@ static int run(const gen_args *a, vf_generate_params *p, int random)
     vf_progress_init(&prog, stderr, isatty(STDERR_FILENO), a->quiet);
     p->on_step = on_step;
     p->user = &prog;
+    vf_gen_run rr;
+    vf_gen_run_init(&rr, &a->rep, p);
     double t0 = vf_progress_now();
     vf_status st = vf_model_open(a->model, &o, &m);
+    if (st == VF_OK)
+        vf_gen_run_loaded(&rr, m);
     if (st == VF_OK)
         st = vf_model_sampler(m, p->sampler, &used);
     if (st == VF_OK && random && !a->quiet)
@@ -283,12 +318,19 @@ static int run(const gen_args *a, vf_generate_params *p, int random)
     vf_progress_end(&prog);
     if (st == VF_OK)
         st = write_png(a, p, used, img);
-    if (st == VF_OK && !a->quiet)
-        printf("%s: %dx%d, %d steps, %s, cfg %g, seed %llu, %.1f s\n", a->output, img->width, img->height,
+    char note[PATH_MAX + 16];
+    if (st == VF_OK && a->rep.json)
+        vf_gen_run_json(stdout, &rr, a->output, a->model, p, used, img, random);
+    else if (st == VF_OK && !a->quiet)
+        printf("%s: %dx%d, %d steps, %s, cfg %g, seed %llu, %.1f s%s\n", a->output, img->width, img->height,
                p->steps, sampler_label(used), (double)p->guidance_scale, (unsigned long long)p->seed,
-               vf_progress_now() - t0);
+               vf_progress_now() - t0, vf_gen_run_preview_note(&rr, note, sizeof note));
+    if (st == VF_OK && a->mem.stats)
+        vf_gen_mem_print_stats(stdout, m, a->model, &a->mem);
     vf_image_free(img);
     vf_model_close(m);
+    if (st != VF_OK && a->rep.json)
+        vf_gen_run_json_error(stdout, st, st == VF_ERR_CANCELLED ? VF_EXIT_CANCELLED : VF_EXIT_FAIL);
     if (st == VF_ERR_CANCELLED) {
         fprintf(stderr, "vramfit generate: cancelled, nothing written\n");
         return VF_EXIT_CANCELLED;
@@ -307,8 +349,12 @@ int vf_cmd_generate(int argc, char **argv)
     if (rc)
         return rc < 0 ? VF_EXIT_OK : rc;
     rc = make_params(&a, &p, &random);
-    if (rc)
+    if (rc == 0)
+        rc = vf_gen_report_finish(&a.rep, a.output, &p);
+    if (rc) {
+        vf_gen_report_free(&a.rep);
         return rc;
+    }
     /* An ignored SIGINT (a background job of a script) stays ignored, as
      * shells expect of the programs they start that way. */
     struct sigaction sa, old;
@@ -318,5 +364,7 @@ int vf_cmd_generate(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     if (sigaction(SIGINT, NULL, &old) == 0 && old.sa_handler != SIG_IGN)
         sigaction(SIGINT, &sa, NULL);
-    return run(&a, &p, random);
+    rc = run(&a, &p, random);
+    vf_gen_report_free(&a.rep);
+    return rc;
 }

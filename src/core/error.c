@@ -60,6 +60,7 @@ const char *vf_status_str(vf_status st)
     case VF_ERR_BUDGET: return "does not fit the memory budget";
     case VF_ERR_CANCELLED: return "cancelled";
     case VF_ERR_INTERNAL: return "internal error";
+    case VF_ERR_NONFINITE: return "non-finite values";
     }
     return "unknown status";
 }

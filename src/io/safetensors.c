@@ -12,6 +12,11 @@
  * because a mapped page past a shrunken end of file raises SIGBUS. A truncation
  * racing between that fstat and the copy can still fault; closing that window
  * would need a process-wide signal handler, which a library must not install.
+ * The same fstat compares the modification time with the one at open: a file
+ * rewritten in place (same size, other bytes) would otherwise feed a model a mix
+ * of old and new weights, so every read of a changed file is refused until it is
+ * opened again. A file replaced by rename is not changed for us: the open
+ * descriptor keeps the old one.
  *
  * The writer builds the header text itself (not with cJSON) so that every
  * allocation goes through vf_malloc and offsets print as exact integers, and it
@@ -42,6 +47,7 @@ struct vf_st_file {
     char *path;
     int fd;
     uint64_t file_size;
+    struct timespec mtime;   /* at open: a later one means changed in place */
     uint64_t data_start; /* 8 + header length */
     const unsigned char *map; /* whole file, or NULL when reading with pread */
     size_t map_len;
@@ -442,6 +448,7 @@ vf_status vf_st_open(const char *path, vf_st_file **out)
         goto fail;
     }
     f->file_size = (uint64_t)sb.st_size;
+    f->mtime = sb.st_mtim;
     st = read_header(f, &root);
     if (st != VF_OK)
         goto fail;
@@ -540,6 +547,17 @@ vf_status vf_st_read(vf_st_file *f, const vf_st_tensor *t, uint64_t off, void *d
                         "(now %llu bytes, the read needs %llu)",
                         f->path, t->name, (unsigned long long)sb.st_size,
                         (unsigned long long)(pos + n));
+    if ((uint64_t)sb.st_size != f->file_size)
+        return vf_error(VF_ERR_IO,
+                        "%s: tensor '%s': file changed since it was opened (truncated or rewritten: "
+                        "%llu bytes then, %llu now); open it again",
+                        f->path, t->name, (unsigned long long)f->file_size,
+                        (unsigned long long)sb.st_size);
+    if (sb.st_mtim.tv_sec != f->mtime.tv_sec || sb.st_mtim.tv_nsec != f->mtime.tv_nsec)
+        return vf_error(VF_ERR_IO,
+                        "%s: tensor '%s': file changed since it was opened (rewritten in place); "
+                        "open it again",
+                        f->path, t->name);
     if (f->map) {
         memcpy(dst, f->map + pos, (size_t)n);
         return VF_OK;

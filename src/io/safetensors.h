@@ -10,7 +10,10 @@
  * the file could be mapped, with pread otherwise. A file truncated or replaced
  * while open must not kill the process with SIGBUS, so reads from the mapping
  * first re-check the file's size (and fall back to pread if it shrank, which then
- * reports a short read as VF_ERR_IO).
+ * reports a short read as VF_ERR_IO). A file whose modification time changed
+ * since open (rewritten in place) is refused too, VF_ERR_IO on every read, so
+ * that no model mixes old and new bytes; a file replaced by rename keeps
+ * serving the bytes that were opened.
  */
 #ifndef VF_IO_SAFETENSORS_H
 #define VF_IO_SAFETENSORS_H

@@ -1,14 +1,17 @@
-/* CLIP text encoder: config, block list and float32 forward on the CPU (see clip.h).
+/* CLIP text encoder: config, block list and forward on any compute backend (see clip.h).
  *
  * The forward follows transformers' CLIPTextTransformer exactly, because the
  * reference embeddings come from it: pre-LayerNorm layers with a causal mask,
  * hidden_states[-2] taken before the last layer runs (no final LayerNorm), and
  * the pooled output taken after final_layer_norm at the first EOS position.
- * Scratch is one allocation of L*(6D+I) floats for the whole call, so a window
- * costs no allocation per layer.
+ * Scratch is seven backend buffers (six (L,D), one (L,I)) for the whole call,
+ * so a window costs no allocation per layer. The forward is written against
+ * backend/backend.h; its fusions (residual add in the GEMM epilogue, the MLP
+ * activation in the GEMM) are, on the CPU backend, the same float32
+ * operations in the same order as before, so CPU results are unchanged.
  */
 #include "model/clip.h"
-#include "backend/cpu/ops.h"
+#include "backend/backend.h"
 #include "core/alloc.h"
 #include "core/error.h"
 #include "io/json.h"
@@ -131,65 +134,67 @@ vf_status vf_clip_describe(const cJSON *config, vf_component comp, vf_blocklist 
     return bl->st;
 }
 
-/* Per-call activations; L = VF_CONTEXT_LEN rows each. */
-typedef struct clip_scratch {
-    float *x, *h, *q, *k, *v, *a; /* (L,D) */
-    float *m;                     /* (L,I) */
-} clip_scratch;
+/* Per-call activations, backend buffers; L = VF_CONTEXT_LEN rows each. */
+typedef struct clip_run {
+    const vf_exec *x;
+    vf_backend *be;
+    const vf_clip_config *c;
+    vf_dbuf *x0, *h, *q, *k, *v, *a; /* (L,D) */
+    vf_dbuf *m;                   /* (L,I) */
+    const vf_dbuf *w[VF_EXEC_MAX_W];
+} clip_run;
 
 // ids is (L); x (L,D) = token_embedding[ids] + position_embedding[0..L)
-static vf_status run_embeddings(vf_residency *r, const vf_clip_config *c, const int32_t *ids, float *x)
+static vf_status run_embeddings(clip_run *s, const int32_t *ids)
 {
-    const int L = VF_CONTEXT_LEN, D = c->hidden;
+    const int L = VF_CONTEXT_LEN, D = s->c->hidden;
+    vf_backend *be = s->be;
     for (int t = 0; t < L; t++) {
-        if (ids[t] < 0 || ids[t] >= c->vocab)
+        if (ids[t] < 0 || ids[t] >= s->c->vocab)
             return vf_error(VF_ERR_INVALID_ARG, "clip: token id %d at position %d is outside the vocabulary (%d)",
-                            (int)ids[t], t, c->vocab);
+                            (int)ids[t], t, s->c->vocab);
     }
-    const float *const *w;
-    VF_TRY(vf_residency_acquire(r, 0, &w));
-    for (int t = 0; t < L; t++) {
-        const float *tok = w[0] + (size_t)ids[t] * D, *pos = w[1] + (size_t)t * D;
-        for (int d = 0; d < D; d++)
-            x[(size_t)t * D + d] = tok[d] + pos[d];
-    }
-    vf_residency_release(r, 0);
-    return VF_OK;
+    VF_TRY(vf_exec_acquire(s->x, 0, s->w, VF_EXEC_MAX_W));
+    /* A gather of rows, then the first L positions (contiguous) added at once. */
+    vf_status st = VF_OK;
+    for (int t = 0; t < L && st == VF_OK; t++)
+        st = vf_be_copy(be, vf_be_at(be, s->x0, (size_t)t * D), vf_be_cat(be, s->w[0], (size_t)ids[t] * D),
+                        (size_t)D);
+    if (st == VF_OK)
+        st = vf_be_add(be, s->x0, s->w[1], (size_t)L * D);
+    vf_exec_release(s->x, 0);
+    return st;
 }
 
 // x is (L,D), updated in place: x += attn(ln1(x)); x += mlp(ln2(x))
-static vf_status layer_compute(const float *const *w, const vf_clip_config *c, clip_scratch *s)
+static vf_status layer_compute(clip_run *s)
 {
+    const vf_clip_config *c = s->c;
+    const vf_dbuf *const *w = s->w;
+    vf_backend *be = s->be;
     const int L = VF_CONTEXT_LEN, D = c->hidden, I = c->intermediate, H = c->heads;
-    vf_cpu_layernorm(s->h, s->x, w[W_LN1_W], w[W_LN1_B], L, D, c->eps);
-    vf_cpu_linear(s->q, s->h, w[W_Q_W], w[W_Q_B], L, D, D);
-    vf_cpu_linear(s->k, s->h, w[W_K_W], w[W_K_B], L, D, D);
-    vf_cpu_linear(s->v, s->h, w[W_V_W], w[W_V_B], L, D, D);
     float scale = (float)(1.0 / sqrt((double)(D / H)));
-    VF_TRY(vf_cpu_attention(s->a, s->q, s->k, s->v, 1, L, L, H, D / H, 1, scale));
-    vf_cpu_linear(s->h, s->a, w[W_O_W], w[W_O_B], L, D, D);
-    vf_cpu_add(s->x, s->h, (size_t)L * D);
-    vf_cpu_layernorm(s->h, s->x, w[W_LN2_W], w[W_LN2_B], L, D, c->eps);
-    vf_cpu_linear(s->m, s->h, w[W_FC1_W], w[W_FC1_B], L, D, I);
-    if (c->quick_gelu)
-        vf_cpu_quick_gelu(s->m, (size_t)L * I);
-    else
-        vf_cpu_gelu(s->m, (size_t)L * I);
-    vf_cpu_linear(s->h, s->m, w[W_FC2_W], w[W_FC2_B], L, I, D);
-    vf_cpu_add(s->x, s->h, (size_t)L * D);
-    return VF_OK;
+    VF_TRY(vf_be_layernorm(be, s->h, s->x0, w[W_LN1_W], w[W_LN1_B], L, D, c->eps));
+    VF_TRY(vf_be_linear(be, s->q, s->h, w[W_Q_W], w[W_Q_B], NULL, L, D, D, VF_ACT_NONE));
+    VF_TRY(vf_be_linear(be, s->k, s->h, w[W_K_W], w[W_K_B], NULL, L, D, D, VF_ACT_NONE));
+    VF_TRY(vf_be_linear(be, s->v, s->h, w[W_V_W], w[W_V_B], NULL, L, D, D, VF_ACT_NONE));
+    VF_TRY(vf_be_attention(be, s->a, s->q, s->k, s->v, 1, L, L, H, D / H, 0, 0, 0, 0, 1, scale));
+    VF_TRY(vf_be_linear(be, s->x0, s->a, w[W_O_W], w[W_O_B], s->x0, L, D, D, VF_ACT_NONE));
+    VF_TRY(vf_be_layernorm(be, s->h, s->x0, w[W_LN2_W], w[W_LN2_B], L, D, c->eps));
+    VF_TRY(vf_be_linear(be, s->m, s->h, w[W_FC1_W], w[W_FC1_B], NULL, L, D, I,
+                        c->quick_gelu ? VF_ACT_QUICK_GELU : VF_ACT_GELU));
+    return vf_be_linear(be, s->x0, s->m, w[W_FC2_W], w[W_FC2_B], s->x0, L, I, D, VF_ACT_NONE);
 }
 
-static vf_status run_layer(vf_residency *r, const vf_blocklist *bl, int b, const vf_clip_config *c,
-                           clip_scratch *s)
+static vf_status run_layer(clip_run *s, int b)
 {
+    const vf_blocklist *bl = s->x->bl;
     if (bl->blocks[b].nw != CLIP_LAYER_NW)
         return vf_error(VF_ERR_INTERNAL, "clip: block '%s' has %d weights, expected %d", bl->blocks[b].name,
                         bl->blocks[b].nw, CLIP_LAYER_NW);
-    const float *const *w;
-    VF_TRY(vf_residency_acquire(r, b, &w));
-    vf_status st = layer_compute(w, c, s);
-    vf_residency_release(r, b);
+    VF_TRY(vf_exec_acquire(s->x, b, s->w, VF_EXEC_MAX_W));
+    vf_status st = layer_compute(s);
+    vf_exec_release(s->x, b);
     return st;
 }
 
@@ -211,20 +216,20 @@ static int pool_position(const vf_clip_config *c, const int32_t *ids)
 }
 
 // x is (L,D); out (L,D) = final_layer_norm(x); pooled (P) = text_projection(out[pool position])
-static vf_status run_final(vf_residency *r, int b, const vf_clip_config *c, const int32_t *ids,
-                           const float *x, float *out, float *pooled)
+static vf_status run_final(clip_run *s, int b, const int32_t *ids, vf_dbuf *out, vf_dbuf *pooled)
 {
+    const vf_clip_config *c = s->c;
     const int L = VF_CONTEXT_LEN, D = c->hidden;
-    const float *const *w;
-    VF_TRY(vf_residency_acquire(r, b, &w));
-    vf_cpu_layernorm(out, x, w[0], w[1], L, D, c->eps);
-    vf_residency_release(r, b);
-    if (!pooled)
-        return VF_OK;
-    VF_TRY(vf_residency_acquire(r, b + 1, &w));
-    vf_cpu_linear(pooled, out + (size_t)pool_position(c, ids) * D, w[0], NULL, 1, D, c->proj_dim);
-    vf_residency_release(r, b + 1);
-    return VF_OK;
+    VF_TRY(vf_exec_acquire(s->x, b, s->w, VF_EXEC_MAX_W));
+    vf_status st = vf_be_layernorm(s->be, out, s->x0, s->w[0], s->w[1], L, D, c->eps);
+    vf_exec_release(s->x, b);
+    if (st != VF_OK || !pooled)
+        return st;
+    VF_TRY(vf_exec_acquire(s->x, b + 1, s->w, VF_EXEC_MAX_W));
+    st = vf_be_linear(s->be, pooled, vf_be_cat(s->be, out, (size_t)pool_position(c, ids) * D), s->w[0], NULL,
+                      NULL, 1, D, c->proj_dim, VF_ACT_NONE);
+    vf_exec_release(s->x, b + 1);
+    return st;
 }
 
 static vf_status check_outputs(const vf_blocklist *bl, const vf_clip_config *c, const float *pooled)
@@ -239,30 +244,84 @@ static vf_status check_outputs(const vf_blocklist *bl, const vf_clip_config *c, 
     return VF_OK;
 }
 
+static void run_free(clip_run *s)
+{
+    vf_dbuf *const all[] = {s->x0, s->h, s->q, s->k, s->v, s->a, s->m};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        vf_be_free(s->be, all[i]);
+}
+
+static vf_status run_alloc(clip_run *s)
+{
+    const size_t LD = (size_t)VF_CONTEXT_LEN * s->c->hidden;
+    const size_t LI = (size_t)VF_CONTEXT_LEN * s->c->intermediate;
+    vf_backend *be = s->be;
+    vf_status st;
+    if ((st = vf_be_alloc(be, LD, &s->x0)) || (st = vf_be_alloc(be, LD, &s->h)) ||
+        (st = vf_be_alloc(be, LD, &s->q)) || (st = vf_be_alloc(be, LD, &s->k)) ||
+        (st = vf_be_alloc(be, LD, &s->v)) || (st = vf_be_alloc(be, LD, &s->a)) ||
+        (st = vf_be_alloc(be, LI, &s->m)))
+        return vf_error_prefix(st, "clip activations");
+    return VF_OK;
+}
+
+/* The walk: layers, penultimate taken before the last, final norm and pool. */
+static vf_status clip_walk(clip_run *s, const int32_t *ids, float *last_hidden, float *penultimate,
+                           float *pooled_proj)
+{
+    const vf_clip_config *cfg = s->c;
+    const size_t LD = (size_t)VF_CONTEXT_LEN * cfg->hidden;
+    vf_backend *be = s->be;
+    vf_dbuf *pool = NULL;
+    int need_final = last_hidden || pooled_proj;
+    vf_status st = run_embeddings(s, ids);
+    for (int i = 0; st == VF_OK && i < cfg->layers; i++) {
+        if (i == cfg->layers - 1) {
+            if (penultimate)
+                st = vf_be_download(be, penultimate, s->x0, LD);
+            if (st != VF_OK || !need_final)
+                break;
+        }
+        st = run_layer(s, 1 + i);
+    }
+    if (st != VF_OK || !need_final)
+        return st;
+    if (pooled_proj)
+        VF_TRY(vf_be_alloc(be, (size_t)cfg->proj_dim, &pool));
+    /* s->h is free after the last layer: it receives the final norm. */
+    st = run_final(s, 1 + cfg->layers, ids, s->h, pool);
+    if (st == VF_OK && last_hidden)
+        st = vf_be_download(be, last_hidden, s->h, LD);
+    if (st == VF_OK && pooled_proj)
+        st = vf_be_download(be, pooled_proj, pool, (size_t)cfg->proj_dim);
+    vf_be_free(be, pool);
+    return st;
+}
+
+vf_status vf_clip_forward_ex(const vf_exec *x, const vf_clip_config *cfg, const int32_t ids[VF_CONTEXT_LEN],
+                             float *last_hidden, float *penultimate, float *pooled_proj)
+{
+    if (!x || !x->be || !x->bl || !cfg || !ids)
+        return vf_error(VF_ERR_INVALID_ARG, "clip: no execution context, config or ids");
+    VF_TRY(check_outputs(x->bl, cfg, pooled_proj));
+    clip_run s = {.x = x, .be = x->be, .c = cfg};
+    vf_status st = run_alloc(&s);
+    if (st == VF_OK)
+        st = clip_walk(&s, ids, last_hidden, penultimate, pooled_proj);
+    run_free(&s);
+    return st;
+}
+
 vf_status vf_clip_forward(vf_residency *r, const vf_blocklist *bl, const vf_clip_config *cfg,
                           const int32_t ids[VF_CONTEXT_LEN], float *last_hidden, float *penultimate,
                           float *pooled_proj)
 {
-    VF_TRY(check_outputs(bl, cfg, pooled_proj));
-    const size_t LD = (size_t)VF_CONTEXT_LEN * cfg->hidden;
-    const size_t LI = (size_t)VF_CONTEXT_LEN * cfg->intermediate;
-    float *buf = vf_malloc(sizeof(float) * (6 * LD + LI));
-    if (!buf)
-        return vf_error_prefix(VF_ERR_NO_MEMORY, "clip activations");
-    clip_scratch s = {buf, buf + LD, buf + 2 * LD, buf + 3 * LD, buf + 4 * LD, buf + 5 * LD, buf + 6 * LD};
-    int need_final = last_hidden || pooled_proj;
-    vf_status st = run_embeddings(r, cfg, ids, s.x);
-    for (int i = 0; st == VF_OK && i < cfg->layers; i++) {
-        if (i == cfg->layers - 1) {
-            if (penultimate)
-                memcpy(penultimate, s.x, sizeof(float) * LD);
-            if (!need_final)
-                break;
-        }
-        st = run_layer(r, bl, 1 + i, cfg, &s);
-    }
-    if (st == VF_OK && need_final)
-        st = run_final(r, 1 + cfg->layers, cfg, ids, s.x, last_hidden ? last_hidden : s.h, pooled_proj);
-    vf_free(buf);
+    vf_exec x;
+    vf_backend *be;
+    vf_status est = vf_exec_cpu(&x, r, bl, &be);
+    if (est != VF_OK)
+        return vf_error_prefix(est, "clip: CPU backend");
+    vf_status st = vf_clip_forward_ex(&x, cfg, ids, last_hidden, penultimate, pooled_proj);
+    vf_backend_free(be);
     return st;
 }

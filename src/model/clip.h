@@ -19,6 +19,7 @@
 
 #include "mem/residency.h"
 #include "model/blocks.h"
+#include "model/exec.h"
 
 #include <cjson/cJSON.h>
 #include <stdint.h>
@@ -52,5 +53,9 @@ vf_status vf_clip_describe(const cJSON *config, vf_component comp, vf_blocklist 
 vf_status vf_clip_forward(vf_residency *r, const vf_blocklist *bl, const vf_clip_config *cfg,
                           const int32_t ids[VF_CONTEXT_LEN], float *last_hidden, float *penultimate,
                           float *pooled_proj);
+/* The same on x's backend and weight source (vf_clip_forward is this on a CPU
+ * backend over r); outputs are host float32. */
+vf_status vf_clip_forward_ex(const vf_exec *x, const vf_clip_config *cfg, const int32_t ids[VF_CONTEXT_LEN],
+                             float *last_hidden, float *penultimate, float *pooled_proj);
 
 #endif

@@ -1,18 +1,27 @@
-/* UNet2DConditionModel on the CPU: config parsing, block description, forward.
+/* UNet2DConditionModel: config parsing, block description, forward on any backend.
  *
  * The walk over the architecture exists twice, in describe() and forward(),
  * and both visit blocks in execution order: forward() keeps a running block
  * index and checks at the end that it consumed exactly the described list, so
  * the two cannot drift apart silently.
  *
- * Activations are plain vf_malloc'd float32 (B,C,H,W) buffers. Skip
- * connections are kept on a stack and freed as the up blocks consume them;
- * the transformer feed-forward (the widest intermediate, 8*C per token) runs
- * in token chunks so its scratch stays bounded at large resolutions.
+ * The forward is written once against backend/backend.h (vf_be_* ops on
+ * backend buffers, weights through model/exec.h), so the CPU (float32, NCHW)
+ * and CUDA (f16/bf16, NHWC) run the same code. Fusions the contract offers
+ * are used where they are free on every backend: residual adds inside the
+ * GEMM / conv epilogue, the resnet's time-embedding add inside GroupNorm,
+ * activations inside the GEMM; on the CPU backend they are the same float32
+ * operations in the same order as the unfused loop, so CPU results are
+ * unchanged bit for bit. Activations are backend buffers freed as soon as
+ * their last reader was queued (on CUDA they return to a stream-ordered pool);
+ * skip connections are kept on a stack and freed as the up blocks consume
+ * them. On the CPU the transformer feed-forward (the widest intermediate, 8*C
+ * per token) runs in token chunks so its scratch stays bounded at large
+ * resolutions; a GPU takes all tokens at once.
  */
 #include "model/unet.h"
 
-#include "backend/cpu/ops.h"
+#include "backend/backend.h"
 #include "core/alloc.h"
 #include "core/error.h"
 #include "io/json.h"
@@ -489,90 +498,91 @@ vf_status vf_unet_describe(const cJSON *config, vf_arch arch, vf_blocklist *bl)
 
 #define LN_EPS 1e-5f       /* BasicTransformerBlock layer norms (diffusers default) */
 #define TGN_EPS 1e-6f      /* Transformer2DModel group norm */
-#define FF_CHUNK 4096      /* tokens per feed-forward chunk */
+#define FF_CHUNK 4096      /* CPU: tokens per feed-forward chunk */
+#define FF_CHUNK_DEVICE 65536 /* elsewhere: the GEMMs want every token at once */
 
 typedef struct fwd {
-    vf_residency *res;
+    const vf_exec *x;
+    vf_backend *be;
     const vf_blocklist *bl;
     const vf_unet_config *cfg;
     int b;                 /* next block to run, in description order */
     int B;
-    const float *ctx;      /* (B, Lc, cross_dim) */
+    int tok;               /* feature maps already are token sequences (NHWC) */
+    int ff_chunk;
+    const vf_dbuf *ctx;    /* (B, Lc, cross_dim) */
     int Lc;
-    float *temb;           /* silu(time embedding), (B, temb_dim) */
+    vf_dbuf *temb;         /* silu(time embedding), (B, temb_dim) */
 } fwd;
 
+/* An acquired block: its weights and its index. */
+typedef struct wblk {
+    const vf_dbuf *w[VF_EXEC_MAX_W];
+    int bi;
+} wblk;
+
 /* Takes the next block in order and materialises its nw weights. */
-static vf_status next_block(fwd *f, int nw, const float *const **w, int *bi)
+static vf_status next_block(fwd *f, int nw, wblk *k)
 {
     if (f->b >= f->bl->nblocks)
         return vf_error(VF_ERR_INTERNAL, "unet: block list has %d blocks, the config walk needs more",
                         f->bl->nblocks);
-    *bi = f->b++;
-    const vf_block *blk = &f->bl->blocks[*bi];
+    k->bi = f->b++;
+    const vf_block *blk = &f->bl->blocks[k->bi];
     if (blk->nw != nw)
         return vf_error(VF_ERR_INTERNAL, "unet: block '%s' has %d weights, expected %d", blk->name, blk->nw,
                         nw);
-    return vf_residency_acquire(f->res, *bi, w);
+    return vf_exec_acquire(f->x, k->bi, k->w, VF_EXEC_MAX_W);
 }
 
-static float *alloc_f(size_t n)
+static void end_block(fwd *f, const wblk *k) { vf_exec_release(f->x, k->bi); }
+
+static vf_status block_error(fwd *f, const wblk *k, vf_status st)
 {
-    size_t bytes;
-    if (vf_mul_overflow(n, sizeof(float), &bytes))
-        return NULL;
-    return vf_malloc(bytes ? bytes : 1);
+    return vf_error_prefix(st, "unet: %s", f->bl->blocks[k->bi].name);
 }
 
-/* x is (B,cin,H,W); *y receives a new (B,cout,H,W). */
-static vf_status resnet(fwd *f, const float *x, int cin, int cout, int H, int W, float **y)
+// x is (B,cin,H,W); *y receives a new (B,cout,H,W)
+static vf_status resnet(fwd *f, const vf_dbuf *x, int cin, int cout, int H, int W, vf_dbuf **y)
 {
     const vf_unet_config *cfg = f->cfg;
-    const float *const *w;
-    int bi = 0, B = f->B, HW = H * W;
+    vf_backend *be = f->be;
+    wblk k;
+    int B = f->B, HW = H * W, G = cfg->groups;
     size_t nin = (size_t)B * cin * HW, nout = (size_t)B * cout * HW;
-    float *t = NULL, *u = NULL, *tp = NULL;
-    vf_status st = next_block(f, cin != cout ? 12 : 10, &w, &bi);
+    vf_dbuf *a = NULL, *u = NULL, *tp = NULL, *sc = NULL, *t = NULL;
+    vf_status st = next_block(f, cin != cout ? 12 : 10, &k);
     if (st != VF_OK)
         return st;
-    t = alloc_f(nin > nout ? nin : nout);
-    u = alloc_f(nout);
-    tp = alloc_f((size_t)B * cout);
-    if (!t || !u || !tp) {
-        st = VF_ERR_NO_MEMORY;
+    const vf_dbuf *const *w = k.w;
+    if ((st = vf_be_alloc(be, nin, &a)) || (st = vf_be_alloc(be, nout, &u)))
         goto done;
-    }
-    memcpy(t, x, nin * sizeof(float));
-    vf_cpu_groupnorm(t, t, w[RN_N1W], w[RN_N1B], B, cin, HW, cfg->groups, cfg->norm_eps, 1);
-    st = vf_cpu_conv2d(u, t, w[RN_C1W], w[RN_C1B], B, cin, H, W, cout, 3, 3, 1, 1);
-    if (st != VF_OK)
+    if ((st = vf_be_groupnorm(be, a, x, w[RN_N1W], w[RN_N1B], NULL, B, cin, HW, G, cfg->norm_eps, 1)) ||
+        (st = vf_be_conv2d(be, u, a, w[RN_C1W], w[RN_C1B], NULL, B, cin, H, W, cout, 3, 3, 1, 1)))
         goto done;
-    /* The time embedding is a per-channel bias, broadcast over the plane. */
-    vf_cpu_linear(tp, f->temb, w[RN_TW], w[RN_TB], B, cfg->temb_dim, cout);
-    for (size_t p = 0; p < (size_t)B * cout; p++) {
-        float *plane = u + p * HW;
-        for (int i = 0; i < HW; i++)
-            plane[i] += tp[p];
-    }
-    vf_cpu_groupnorm(u, u, w[RN_N2W], w[RN_N2B], B, cout, HW, cfg->groups, cfg->norm_eps, 1);
-    st = vf_cpu_conv2d(t, u, w[RN_C2W], w[RN_C2B], B, cout, H, W, cout, 3, 3, 1, 1);
-    if (st != VF_OK)
+    vf_be_free(be, a);
+    a = NULL;
+    /* The time embedding is a per-channel bias, added before norm2. */
+    if ((st = vf_be_alloc(be, (size_t)B * cout, &tp)) ||
+        (st = vf_be_linear(be, tp, f->temb, w[RN_TW], w[RN_TB], NULL, B, cfg->temb_dim, cout, VF_ACT_NONE)) ||
+        (st = vf_be_groupnorm(be, u, u, w[RN_N2W], w[RN_N2B], tp, B, cout, HW, G, cfg->norm_eps, 1)))
         goto done;
-    if (cin != cout) {
-        st = vf_cpu_conv2d(u, x, w[RN_SW], w[RN_SB], B, cin, H, W, cout, 1, 1, 1, 0);
-        if (st != VF_OK)
-            goto done;
-        vf_cpu_add(t, u, nout);
-    } else {
-        vf_cpu_add(t, x, nout);
-    }
+    if (cin != cout &&
+        ((st = vf_be_alloc(be, nout, &sc)) ||
+         (st = vf_be_conv2d(be, sc, x, w[RN_SW], w[RN_SB], NULL, B, cin, H, W, cout, 1, 1, 1, 0))))
+        goto done;
+    if ((st = vf_be_alloc(be, nout, &t)) ||
+        (st = vf_be_conv2d(be, t, u, w[RN_C2W], w[RN_C2B], sc ? sc : x, B, cout, H, W, cout, 3, 3, 1, 1)))
+        goto done;
 done:
-    vf_residency_release(f->res, bi);
-    vf_free(u);
-    vf_free(tp);
+    end_block(f, &k);
+    vf_be_free(be, a);
+    vf_be_free(be, u);
+    vf_be_free(be, tp);
+    vf_be_free(be, sc);
     if (st != VF_OK) {
-        vf_free(t);
-        return vf_error_prefix(st, "unet: %s", f->bl->blocks[bi].name);
+        vf_be_free(be, t);
+        return block_error(f, &k, st);
     }
     *y = t;
     return VF_OK;
@@ -580,160 +590,197 @@ done:
 
 /* Scratch of one Transformer2DModel: token buffers of (N,C), N = B*L. */
 typedef struct tscratch {
-    float *nrm, *q, *k, *v, *att, *o, *g, *ff;
+    vf_dbuf *nrm, *q, *k, *v, *att, *o, *g, *ff;
 } tscratch;
 
-static void tscratch_free(tscratch *s)
+static void tscratch_free(vf_backend *be, tscratch *s)
 {
-    vf_free(s->nrm);
-    vf_free(s->q);
-    vf_free(s->k);
-    vf_free(s->v);
-    vf_free(s->att);
-    vf_free(s->o);
-    vf_free(s->g);
-    vf_free(s->ff);
+    vf_be_free(be, s->nrm);
+    vf_be_free(be, s->q);
+    vf_be_free(be, s->k);
+    vf_be_free(be, s->v);
+    vf_be_free(be, s->att);
+    vf_be_free(be, s->o);
+    vf_be_free(be, s->g);
+    vf_be_free(be, s->ff);
     memset(s, 0, sizeof *s);
 }
 
-static vf_status tscratch_alloc(tscratch *s, size_t N, size_t NK, int C)
+static vf_status tscratch_alloc(fwd *f, tscratch *s, size_t N, size_t NK, int C)
 {
-    size_t ch = N < FF_CHUNK ? N : FF_CHUNK;
+    vf_backend *be = f->be;
+    size_t ch = N < (size_t)f->ff_chunk ? N : (size_t)f->ff_chunk;
+    vf_status st;
     memset(s, 0, sizeof *s);
-    s->nrm = alloc_f(N * C);
-    s->q = alloc_f(N * C);
-    s->k = alloc_f(NK * C);
-    s->v = alloc_f(NK * C);
-    s->att = alloc_f(N * C);
-    s->o = alloc_f(N * C);
-    s->g = alloc_f(ch * 8 * C);
-    s->ff = alloc_f(ch * 4 * C);
-    if (s->nrm && s->q && s->k && s->v && s->att && s->o && s->g && s->ff)
-        return VF_OK;
-    tscratch_free(s);
-    return VF_ERR_NO_MEMORY;
+    if ((st = vf_be_alloc(be, N * C, &s->nrm)) || (st = vf_be_alloc(be, N * C, &s->q)) ||
+        (st = vf_be_alloc(be, NK * C, &s->k)) || (st = vf_be_alloc(be, NK * C, &s->v)) ||
+        (st = vf_be_alloc(be, N * C, &s->att)) || (st = vf_be_alloc(be, N * C, &s->o)) ||
+        (st = vf_be_alloc(be, ch * 8 * C, &s->g)) || (st = vf_be_alloc(be, ch * 4 * C, &s->ff)))
+        tscratch_free(be, s);
+    return st;
 }
 
 /* hs is (B,L,C) tokens; kv is (B,Lk,Ckv); hs += to_out(attention(norm(hs), kv)). */
-static vf_status attn(fwd *f, tscratch *s, float *hs, const float *kv, int L, int Lk, int Ckv, int C,
-                      int heads, const float *const *w)
+static vf_status attn(fwd *f, tscratch *s, vf_dbuf *hs, const vf_dbuf *kv, int L, int Lk, int Ckv, int C,
+                      int heads, const vf_dbuf *const *w)
 {
+    vf_backend *be = f->be;
     int B = f->B, N = B * L, D = C / heads;
-    vf_cpu_linear(s->q, s->nrm, w[0], NULL, N, C, C);
-    vf_cpu_linear(s->k, kv, w[1], NULL, B * Lk, Ckv, C);
-    vf_cpu_linear(s->v, kv, w[2], NULL, B * Lk, Ckv, C);
-    VF_TRY(vf_cpu_attention(s->att, s->q, s->k, s->v, B, L, Lk, heads, D, 0, 1.0f / sqrtf((float)D)));
-    vf_cpu_linear(s->o, s->att, w[3], w[4], N, C, C);
-    vf_cpu_add(hs, s->o, (size_t)N * C);
-    return VF_OK;
+    VF_TRY(vf_be_linear(be, s->q, s->nrm, w[0], NULL, NULL, N, C, C, VF_ACT_NONE));
+    VF_TRY(vf_be_linear(be, s->k, kv, w[1], NULL, NULL, B * Lk, Ckv, C, VF_ACT_NONE));
+    VF_TRY(vf_be_linear(be, s->v, kv, w[2], NULL, NULL, B * Lk, Ckv, C, VF_ACT_NONE));
+    VF_TRY(vf_be_attention(be, s->att, s->q, s->k, s->v, B, L, Lk, heads, D, 0, 0, 0, 0, 0,
+                           1.0f / sqrtf((float)D)));
+    return vf_be_linear(be, hs, s->att, w[3], w[4], hs, N, C, C, VF_ACT_NONE);
 }
 
 /* hs is (N,C); hs += ff(norm3(hs)) with GEGLU, in token chunks. */
-static void feed_forward(tscratch *s, float *hs, int N, int C, const float *const *w)
+static vf_status feed_forward(fwd *f, tscratch *s, vf_dbuf *hs, int N, int C, const vf_dbuf *const *w)
 {
-    vf_cpu_layernorm(s->nrm, hs, w[TB_N3W], w[TB_N3B], N, C, LN_EPS);
-    for (int r0 = 0; r0 < N; r0 += FF_CHUNK) {
-        int rows = N - r0 < FF_CHUNK ? N - r0 : FF_CHUNK;
-        vf_cpu_linear(s->g, s->nrm + (size_t)r0 * C, w[TB_FF0W], w[TB_FF0B], rows, C, 8 * C);
-        vf_cpu_geglu(s->ff, s->g, rows, 4 * C);
-        vf_cpu_linear(s->o, s->ff, w[TB_FF2W], w[TB_FF2B], rows, 4 * C, C);
-        vf_cpu_add(hs + (size_t)r0 * C, s->o, (size_t)rows * C);
+    vf_backend *be = f->be;
+    VF_TRY(vf_be_layernorm(be, s->nrm, hs, w[TB_N3W], w[TB_N3B], N, C, LN_EPS));
+    for (int r0 = 0; r0 < N; r0 += f->ff_chunk) {
+        int rows = N - r0 < f->ff_chunk ? N - r0 : f->ff_chunk;
+        vf_dbuf *h = vf_be_at(be, hs, (size_t)r0 * C);
+        VF_TRY(vf_be_linear(be, s->g, vf_be_cat(be, s->nrm, (size_t)r0 * C), w[TB_FF0W], w[TB_FF0B], NULL,
+                            rows, C, 8 * C, VF_ACT_NONE));
+        VF_TRY(vf_be_geglu(be, s->ff, s->g, rows, 4 * C));
+        VF_TRY(vf_be_linear(be, h, s->ff, w[TB_FF2W], w[TB_FF2B], h, rows, 4 * C, C, VF_ACT_NONE));
     }
+    return VF_OK;
 }
 
 /* One BasicTransformerBlock over hs (B,L,C): self-attention, cross-attention
  * with the context, GEGLU feed-forward, each pre-normed and residual. */
-static vf_status tblock(fwd *f, tscratch *s, float *hs, int L, int C, int heads)
+static vf_status tblock(fwd *f, tscratch *s, vf_dbuf *hs, int L, int C, int heads)
 {
-    const float *const *w;
-    int bi = 0, N = f->B * L;
-    vf_status st = next_block(f, 20, &w, &bi);
+    vf_backend *be = f->be;
+    wblk k;
+    int N = f->B * L;
+    vf_status st = next_block(f, 20, &k);
     if (st != VF_OK)
         return st;
-    vf_cpu_layernorm(s->nrm, hs, w[TB_N1W], w[TB_N1B], N, C, LN_EPS);
-    st = attn(f, s, hs, s->nrm, L, L, C, C, heads, w + TB_A1Q);
-    if (st != VF_OK)
+    const vf_dbuf *const *w = k.w;
+    if ((st = vf_be_layernorm(be, s->nrm, hs, w[TB_N1W], w[TB_N1B], N, C, LN_EPS)) ||
+        (st = attn(f, s, hs, s->nrm, L, L, C, C, heads, w + TB_A1Q)) ||
+        (st = vf_be_layernorm(be, s->nrm, hs, w[TB_N2W], w[TB_N2B], N, C, LN_EPS)) ||
+        (st = attn(f, s, hs, f->ctx, L, f->Lc, f->cfg->cross_dim, C, heads, w + TB_A2Q)))
         goto done;
-    vf_cpu_layernorm(s->nrm, hs, w[TB_N2W], w[TB_N2B], N, C, LN_EPS);
-    st = attn(f, s, hs, f->ctx, L, f->Lc, f->cfg->cross_dim, C, heads, w + TB_A2Q);
-    if (st != VF_OK)
-        goto done;
-    feed_forward(s, hs, N, C, w);
+    st = feed_forward(f, s, hs, N, C, w);
 done:
-    vf_residency_release(f->res, bi);
-    if (st != VF_OK)
-        return vf_error_prefix(st, "unet: %s", f->bl->blocks[bi].name);
-    return VF_OK;
+    end_block(f, &k);
+    return st != VF_OK ? block_error(f, &k, st) : VF_OK;
 }
 
-/* x is (B,C,H,W) and is updated in place: x += Transformer2DModel(x).
- * A 1x1 conv projection equals a linear one on channel-last tokens, so both
- * config variants share this path (the weights have the same layout). */
-static vf_status transformer(fwd *f, float *x, int C, int H, int W, int heads, int tlayers)
+/* proj_in: hs (N,C) = proj_in(groupnorm(x)) over x's tokens. A 1x1 conv
+ * projection equals a linear one on channel-last tokens, so both config
+ * variants share this path (the weights have the same layout). */
+static vf_status proj_in(fwd *f, tscratch *s, const vf_dbuf *x, vf_dbuf *hs, int C, int HW)
 {
-    const float *const *w;
-    int bi = 0, B = f->B, HW = H * W, N = B * HW;
+    vf_backend *be = f->be;
+    wblk k;
+    int B = f->B, N = B * HW;
+    vf_status st = next_block(f, 4, &k);
+    if (st != VF_OK)
+        return st;
+    const vf_dbuf *tok = s->o;
+    st = vf_be_groupnorm(be, s->o, x, k.w[0], k.w[1], NULL, B, C, HW, f->cfg->groups, TGN_EPS, 0);
+    if (st == VF_OK && !f->tok) {
+        st = vf_be_fm_to_tokens(be, s->att, s->o, B, C, HW);
+        tok = s->att;
+    }
+    if (st == VF_OK)
+        st = vf_be_linear(be, hs, tok, k.w[2], k.w[3], NULL, N, C, C, VF_ACT_NONE);
+    end_block(f, &k);
+    return st != VF_OK ? block_error(f, &k, st) : VF_OK;
+}
+
+/* proj_out: x (fm) += proj_out(hs), fused into the GEMM where x is tokens. */
+static vf_status proj_out(fwd *f, tscratch *s, vf_dbuf *x, const vf_dbuf *hs, int C, int HW)
+{
+    vf_backend *be = f->be;
+    wblk k;
+    int B = f->B, N = B * HW;
+    vf_status st = next_block(f, 2, &k);
+    if (st != VF_OK)
+        return st;
+    if (f->tok) {
+        st = vf_be_linear(be, x, hs, k.w[0], k.w[1], x, N, C, C, VF_ACT_NONE);
+    } else if ((st = vf_be_linear(be, s->o, hs, k.w[0], k.w[1], NULL, N, C, C, VF_ACT_NONE)) == VF_OK &&
+               (st = vf_be_tokens_to_fm(be, s->att, s->o, B, C, HW)) == VF_OK) {
+        st = vf_be_add(be, x, s->att, (size_t)N * C);
+    }
+    end_block(f, &k);
+    return st != VF_OK ? block_error(f, &k, st) : VF_OK;
+}
+
+/* x is (B,C,H,W) and is updated in place: x += Transformer2DModel(x). */
+static vf_status transformer(fwd *f, vf_dbuf *x, int C, int H, int W, int heads, int tlayers)
+{
+    vf_backend *be = f->be;
+    int B = f->B, HW = H * W, N = B * HW;
     size_t nk = (size_t)N > (size_t)B * f->Lc ? (size_t)N : (size_t)B * f->Lc;
     tscratch s;
-    float *hs = NULL;
-    vf_status st = tscratch_alloc(&s, N, nk, C);
+    vf_dbuf *hs = NULL;
+    vf_status st = tscratch_alloc(f, &s, N, nk, C);
     if (st != VF_OK)
         return vf_error_prefix(st, "unet: transformer scratch");
-    hs = alloc_f((size_t)N * C);
-    if (!hs) {
-        tscratch_free(&s);
-        return vf_error_prefix(VF_ERR_NO_MEMORY, "unet: transformer tokens");
+    st = vf_be_alloc(be, (size_t)N * C, &hs);
+    if (st != VF_OK) {
+        tscratch_free(be, &s);
+        return vf_error_prefix(st, "unet: transformer tokens");
     }
-    st = next_block(f, 4, &w, &bi);
-    if (st != VF_OK)
-        goto done;
-    vf_cpu_groupnorm(s.o, x, w[0], w[1], B, C, HW, f->cfg->groups, TGN_EPS, 0);
-    vf_cpu_nchw_to_nhwc(s.att, s.o, B, C, HW);
-    vf_cpu_linear(hs, s.att, w[2], w[3], N, C, C);
-    vf_residency_release(f->res, bi);
-
+    st = proj_in(f, &s, x, hs, C, HW);
     for (int k = 0; k < tlayers && st == VF_OK; k++)
         st = tblock(f, &s, hs, HW, C, heads);
-    if (st != VF_OK)
-        goto done;
-
-    st = next_block(f, 2, &w, &bi);
-    if (st != VF_OK)
-        goto done;
-    vf_cpu_linear(s.o, hs, w[0], w[1], N, C, C);
-    vf_residency_release(f->res, bi);
-    vf_cpu_nhwc_to_nchw(s.att, s.o, B, C, HW);
-    vf_cpu_add(x, s.att, (size_t)N * C);
-done:
-    vf_free(hs);
-    tscratch_free(&s);
+    if (st == VF_OK)
+        st = proj_out(f, &s, x, hs, C, HW);
+    vf_be_free(be, hs);
+    tscratch_free(be, &s);
     return st;
 }
 
-/* A 3x3 conv block (conv_in, samplers, conv_out): x (B,cin,H,W) -> y (B,cout,OH,OW). */
-static vf_status conv_block(fwd *f, const float *x, float *y, int cin, int H, int W, int cout, int k,
+/* A conv block (conv_in, samplers, conv_out): x (B,cin,H,W) -> y (B,cout,OH,OW). */
+static vf_status conv_block(fwd *f, const vf_dbuf *x, vf_dbuf *y, int cin, int H, int W, int cout, int k,
                             int stride)
 {
-    const float *const *w;
-    int bi = 0;
-    VF_TRY(next_block(f, 2, &w, &bi));
-    vf_status st = vf_cpu_conv2d(y, x, w[0], w[1], f->B, cin, H, W, cout, k, k, stride, k / 2);
-    vf_residency_release(f->res, bi);
-    if (st != VF_OK)
-        return vf_error_prefix(st, "unet: %s", f->bl->blocks[bi].name);
-    return VF_OK;
+    wblk kb;
+    VF_TRY(next_block(f, 2, &kb));
+    vf_status st = vf_be_conv2d(f->be, y, x, kb.w[0], kb.w[1], NULL, f->B, cin, H, W, cout, k, k, stride,
+                                k / 2);
+    end_block(f, &kb);
+    return st != VF_OK ? block_error(f, &kb, st) : VF_OK;
 }
 
-/* TimestepEmbedding: y (B,temb) = linear_2(silu(linear_1(x (B,in)))). */
-static vf_status mlp_embed(fwd *f, const float *x, int in, float *y, float *tmp)
+/* TimestepEmbedding: y (B,temb) = linear_2(silu(linear_1(x (B,in)))), or y += that. */
+static vf_status mlp_embed(fwd *f, const vf_dbuf *x, int in, vf_dbuf *y, int accumulate)
 {
-    const float *const *w;
-    int bi = 0, T = f->cfg->temb_dim;
-    VF_TRY(next_block(f, 4, &w, &bi));
-    vf_cpu_linear(tmp, x, w[0], w[1], f->B, in, T);
-    vf_cpu_silu(tmp, (size_t)f->B * T);
-    vf_cpu_linear(y, tmp, w[2], w[3], f->B, T, T);
-    vf_residency_release(f->res, bi);
+    vf_backend *be = f->be;
+    wblk k;
+    vf_dbuf *tmp = NULL;
+    int B = f->B, T = f->cfg->temb_dim;
+    VF_TRY(next_block(f, 4, &k));
+    vf_status st = vf_be_alloc(be, (size_t)B * T, &tmp);
+    if (st == VF_OK)
+        st = vf_be_linear(be, tmp, x, k.w[0], k.w[1], NULL, B, in, T, VF_ACT_SILU);
+    if (st == VF_OK)
+        st = vf_be_linear(be, y, tmp, k.w[2], k.w[3], accumulate ? y : NULL, B, T, T, VF_ACT_NONE);
+    end_block(f, &k);
+    vf_be_free(be, tmp);
+    return st;
+}
+
+/* SDXL's add_embedding input rows: [text_embeds (P), sinusoids of the 6 time ids (6A)]. */
+static vf_status text_time_input(fwd *f, vf_dbuf *x, const float *text_embeds, const float *time_ids)
+{
+    const vf_unet_config *cfg = f->cfg;
+    int A = cfg->add_time_dim, P = cfg->pooled_dim;
+    for (int b = 0; b < f->B; b++) {
+        vf_dbuf *row = vf_be_at(f->be, x, (size_t)b * cfg->add_in_dim);
+        VF_TRY(vf_be_upload(f->be, row, text_embeds + (size_t)b * P, VF_DTYPE_F32, (size_t)P));
+        VF_TRY(vf_be_timestep_embedding(f->be, vf_be_at(f->be, row, (size_t)P), time_ids + 6 * b, 6, A,
+                                        cfg->flip_sin_to_cos, cfg->freq_shift));
+    }
     return VF_OK;
 }
 
@@ -741,49 +788,34 @@ static vf_status mlp_embed(fwd *f, const float *x, int in, float *y, float *tmp)
 static vf_status embeddings(fwd *f, const float *t, const float *text_embeds, const float *time_ids)
 {
     const vf_unet_config *cfg = f->cfg;
+    vf_backend *be = f->be;
     int B = f->B, T = cfg->temb_dim;
     int in = cfg->text_time && cfg->add_in_dim > cfg->time_in_dim ? cfg->add_in_dim : cfg->time_in_dim;
-    float *x = alloc_f((size_t)B * in), *tmp = alloc_f((size_t)B * T), *y = alloc_f((size_t)B * T);
-    float *emb = alloc_f((size_t)B * T), *ids = NULL;
-    vf_status st = VF_ERR_NO_MEMORY;
-    if (!x || !tmp || !y || !emb)
+    vf_dbuf *x = NULL, *emb = NULL;
+    vf_status st;
+    if ((st = vf_be_alloc(be, (size_t)B * in, &x)) || (st = vf_be_alloc(be, (size_t)B * T, &emb)))
         goto done;
-    vf_cpu_timestep_embedding(x, t, B, cfg->time_in_dim, cfg->flip_sin_to_cos, cfg->freq_shift);
-    st = mlp_embed(f, x, cfg->time_in_dim, emb, tmp);
-    if (st != VF_OK || !cfg->text_time)
+    if ((st = vf_be_timestep_embedding(be, x, t, B, cfg->time_in_dim, cfg->flip_sin_to_cos, cfg->freq_shift)) ||
+        (st = mlp_embed(f, x, cfg->time_in_dim, emb, 0)))
         goto done;
-    /* SDXL: each of the 6 time ids gets its own sinusoid, concatenated after the
-     * pooled text embedding. */
-    int A = cfg->add_time_dim, P = cfg->pooled_dim;
-    st = VF_ERR_NO_MEMORY;
-    ids = alloc_f((size_t)B * 6 * A);
-    if (!ids)
+    if (cfg->text_time &&
+        ((st = text_time_input(f, x, text_embeds, time_ids)) || (st = mlp_embed(f, x, cfg->add_in_dim, emb, 1))))
         goto done;
-    vf_cpu_timestep_embedding(ids, time_ids, B * 6, A, cfg->flip_sin_to_cos, cfg->freq_shift);
-    for (int b = 0; b < B; b++) {
-        memcpy(x + (size_t)b * cfg->add_in_dim, text_embeds + (size_t)b * P, P * sizeof(float));
-        memcpy(x + (size_t)b * cfg->add_in_dim + P, ids + (size_t)b * 6 * A, 6 * A * sizeof(float));
-    }
-    st = mlp_embed(f, x, cfg->add_in_dim, y, tmp);
-    if (st == VF_OK)
-        vf_cpu_add(emb, y, (size_t)B * T);
+    st = vf_be_act(be, emb, (size_t)B * T, VF_ACT_SILU);
 done:
-    vf_free(x);
-    vf_free(tmp);
-    vf_free(y);
-    vf_free(ids);
+    vf_be_free(be, x);
     if (st != VF_OK) {
-        vf_free(emb);
+        vf_be_free(be, emb);
         return vf_error_prefix(st, "unet: time embedding");
     }
-    vf_cpu_silu(emb, (size_t)B * T);
     f->temb = emb;
     return VF_OK;
 }
 
 /* Down outputs waiting for their up block, with their channel counts. */
 typedef struct skips {
-    float **x;
+    vf_backend *be;
+    vf_dbuf **x;
     int *c;
     int n, cap;
 } skips;
@@ -791,16 +823,16 @@ typedef struct skips {
 static void skips_free(skips *s)
 {
     for (int i = 0; i < s->n; i++)
-        vf_free(s->x[i]);
+        vf_be_free(s->be, s->x[i]);
     vf_free(s->x);
     vf_free(s->c);
 }
 
 /* Pushes x (taking ownership; freed here on failure). */
-static vf_status skip_push(skips *s, float *x, int c)
+static vf_status skip_push(skips *s, vf_dbuf *x, int c)
 {
     if (s->n == s->cap) {
-        vf_free(x);
+        vf_be_free(s->be, x);
         return vf_error(VF_ERR_INTERNAL, "unet: more skip connections than the config allows (%d)", s->cap);
     }
     s->x[s->n] = x;
@@ -808,21 +840,28 @@ static vf_status skip_push(skips *s, float *x, int c)
     return VF_OK;
 }
 
-/* conv_in and the down blocks; every output goes on the skip stack, whose top
- * is the running activation. *H, *W become the lowest resolution. */
-static vf_status down_pass(fwd *f, skips *sk, const float *sample, int *H, int *W)
+/* A new (B,C,H,W) map y = conv_block(x); pushed on the skip stack. */
+static vf_status conv_push(fwd *f, skips *sk, const vf_dbuf *x, int cin, int H, int W, int cout, int k,
+                           int stride)
 {
-    const vf_unet_config *cfg = f->cfg;
-    int B = f->B;
-    float *y = alloc_f((size_t)B * cfg->ch[0] * *H * *W);
-    if (!y)
-        return VF_ERR_NO_MEMORY;
-    vf_status st = conv_block(f, sample, y, cfg->in_channels, *H, *W, cfg->ch[0], cfg->conv_in_k, 1);
+    int OH = (H + 2 * (k / 2) - k) / stride + 1, OW = (W + 2 * (k / 2) - k) / stride + 1;
+    vf_dbuf *y = NULL;
+    VF_TRY(vf_be_alloc(f->be, (size_t)f->B * cout * OH * OW, &y));
+    vf_status st = conv_block(f, x, y, cin, H, W, cout, k, stride);
     if (st != VF_OK) {
-        vf_free(y);
+        vf_be_free(f->be, y);
         return st;
     }
-    VF_TRY(skip_push(sk, y, cfg->ch[0]));
+    return skip_push(sk, y, cout);
+}
+
+/* conv_in and the down blocks; every output goes on the skip stack, whose top
+ * is the running activation. *H, *W become the lowest resolution. */
+static vf_status down_pass(fwd *f, skips *sk, const vf_dbuf *sample, int *H, int *W)
+{
+    const vf_unet_config *cfg = f->cfg;
+    vf_dbuf *y;
+    VF_TRY(conv_push(f, sk, sample, cfg->in_channels, *H, *W, cfg->ch[0], cfg->conv_in_k, 1));
     for (int l = 0; l < cfg->levels; l++) {
         int C = cfg->ch[l];
         for (int j = 0; j < cfg->down_layers[l]; j++) {
@@ -833,15 +872,7 @@ static vf_status down_pass(fwd *f, skips *sk, const float *sample, int *H, int *
         }
         if (l == cfg->levels - 1)
             break;
-        y = alloc_f((size_t)B * C * (*H / 2) * (*W / 2));
-        if (!y)
-            return VF_ERR_NO_MEMORY;
-        st = conv_block(f, sk->x[sk->n - 1], y, C, *H, *W, C, 3, 2);
-        if (st != VF_OK) {
-            vf_free(y);
-            return st;
-        }
-        VF_TRY(skip_push(sk, y, C));
+        VF_TRY(conv_push(f, sk, sk->x[sk->n - 1], C, *H, *W, C, 3, 2));
         *H /= 2;
         *W /= 2;
     }
@@ -849,18 +880,20 @@ static vf_status down_pass(fwd *f, skips *sk, const float *sample, int *H, int *
 }
 
 /* The mid block on the top of the stack; *cur receives a new buffer. */
-static vf_status mid_pass(fwd *f, skips *sk, int H, int W, float **cur)
+static vf_status mid_pass(fwd *f, skips *sk, int H, int W, vf_dbuf **cur)
 {
     const vf_unet_config *cfg = f->cfg;
     int C = cfg->ch[cfg->levels - 1];
-    const float *top = sk->x[sk->n - 1];
+    const vf_dbuf *top = sk->x[sk->n - 1];
     size_t n = (size_t)f->B * C * H * W;
-    float *a = NULL, *b = NULL;
+    vf_dbuf *a = NULL, *b = NULL;
     if (!cfg->mid) {
-        a = alloc_f(n);
-        if (!a)
-            return VF_ERR_NO_MEMORY;
-        memcpy(a, top, n * sizeof(float));
+        VF_TRY(vf_be_alloc(f->be, n, &a));
+        vf_status st = vf_be_copy(f->be, a, top, n);
+        if (st != VF_OK) {
+            vf_be_free(f->be, a);
+            return st;
+        }
         *cur = a;
         return VF_OK;
     }
@@ -868,42 +901,33 @@ static vf_status mid_pass(fwd *f, skips *sk, int H, int W, float **cur)
     vf_status st = transformer(f, a, C, H, W, cfg->mid_heads, cfg->mid_tlayers);
     if (st == VF_OK)
         st = resnet(f, a, C, C, H, W, &b);
-    vf_free(a);
+    vf_be_free(f->be, a);
     if (st != VF_OK)
         return st;
     *cur = b;
     return VF_OK;
 }
 
-/* cur (B,c1,HW) ++ skip (B,c2,HW) along channels -> new (B,c1+c2,HW). */
-static float *concat(const float *cur, int c1, const float *skip, int c2, int B, int HW)
-{
-    float *y = alloc_f((size_t)B * (c1 + c2) * HW);
-    if (!y)
-        return NULL;
-    for (int b = 0; b < B; b++) {
-        float *dst = y + (size_t)b * (c1 + c2) * HW;
-        memcpy(dst, cur + (size_t)b * c1 * HW, (size_t)c1 * HW * sizeof(float));
-        memcpy(dst + (size_t)c1 * HW, skip + (size_t)b * c2 * HW, (size_t)c2 * HW * sizeof(float));
-    }
-    return y;
-}
-
 /* One up resnet (+ transformer): consumes the top skip and *cur. */
-static vf_status up_resnet(fwd *f, skips *sk, int i, int cin, int H, int W, float **cur)
+static vf_status up_resnet(fwd *f, skips *sk, int i, int cin, int H, int W, vf_dbuf **cur)
 {
     const vf_unet_config *cfg = f->cfg;
+    vf_backend *be = f->be;
     int C = cfg->ch[cfg->levels - 1 - i];
     int cs = sk->c[sk->n - 1];
-    float *skip = sk->x[--sk->n];
-    float *cat = concat(*cur, cin, skip, cs, f->B, H * W), *y = NULL;
-    vf_free(skip);
-    if (!cat)
-        return VF_ERR_NO_MEMORY;
-    vf_free(*cur);
+    vf_dbuf *skip = sk->x[--sk->n], *cat = NULL, *y = NULL;
+    vf_status st = vf_be_alloc(be, (size_t)f->B * (cin + cs) * H * W, &cat);
+    if (st == VF_OK)
+        st = vf_be_concat(be, cat, *cur, cin, skip, cs, f->B, H * W);
+    vf_be_free(be, skip);
+    if (st != VF_OK) {
+        vf_be_free(be, cat);
+        return st;
+    }
+    vf_be_free(be, *cur);
     *cur = NULL;
-    vf_status st = resnet(f, cat, cin + cs, C, H, W, &y);
-    vf_free(cat);
+    st = resnet(f, cat, cin + cs, C, H, W, &y);
+    vf_be_free(be, cat);
     if (st != VF_OK)
         return st;
     *cur = y;
@@ -912,8 +936,28 @@ static vf_status up_resnet(fwd *f, skips *sk, int i, int cin, int H, int W, floa
     return VF_OK;
 }
 
+/* Nearest 2x upsampling + the upsampler conv: *cur (B,C,H,W) -> (B,C,2H,2W). */
+static vf_status upsample(fwd *f, int C, int H, int W, vf_dbuf **cur)
+{
+    vf_backend *be = f->be;
+    size_t n = (size_t)f->B * C * (H * 2) * (W * 2);
+    vf_dbuf *u = NULL, *y = NULL;
+    vf_status st;
+    if ((st = vf_be_alloc(be, n, &u)) == VF_OK && (st = vf_be_alloc(be, n, &y)) == VF_OK &&
+        (st = vf_be_upsample2x(be, u, *cur, f->B, C, H, W)) == VF_OK)
+        st = conv_block(f, u, y, C, H * 2, W * 2, C, 3, 1);
+    vf_be_free(be, u);
+    if (st != VF_OK) {
+        vf_be_free(be, y);
+        return st;
+    }
+    vf_be_free(be, *cur);
+    *cur = y;
+    return VF_OK;
+}
+
 /* The up blocks; *cur (owned) is replaced as it goes; H and W grow. */
-static vf_status up_pass(fwd *f, skips *sk, int *H, int *W, float **cur)
+static vf_status up_pass(fwd *f, skips *sk, int *H, int *W, vf_dbuf **cur)
 {
     const vf_unet_config *cfg = f->cfg;
     int cin = cfg->ch[cfg->levels - 1];
@@ -927,20 +971,7 @@ static vf_status up_pass(fwd *f, skips *sk, int *H, int *W, float **cur)
         }
         if (i == cfg->levels - 1)
             break;
-        size_t n = (size_t)f->B * C * (*H * 2) * (*W * 2);
-        float *u = alloc_f(n), *y = alloc_f(n);
-        vf_status st = VF_ERR_NO_MEMORY;
-        if (u && y) {
-            vf_cpu_upsample_nearest2x(u, *cur, f->B, C, *H, *W);
-            st = conv_block(f, u, y, C, *H * 2, *W * 2, C, 3, 1);
-        }
-        vf_free(u);
-        if (st != VF_OK) {
-            vf_free(y);
-            return st;
-        }
-        vf_free(*cur);
-        *cur = y;
+        VF_TRY(upsample(f, C, *H, *W, cur));
         *H *= 2;
         *W *= 2;
     }
@@ -948,14 +979,16 @@ static vf_status up_pass(fwd *f, skips *sk, int *H, int *W, float **cur)
 }
 
 /* conv_norm_out + SiLU + conv_out; cur (B,ch0,H,W) is normalised in place. */
-static vf_status out_pass(fwd *f, float *cur, int H, int W, float *out)
+static vf_status out_pass(fwd *f, vf_dbuf *cur, int H, int W, vf_dbuf *out)
 {
     const vf_unet_config *cfg = f->cfg;
-    const float *const *w;
-    int bi = 0;
-    VF_TRY(next_block(f, 2, &w, &bi));
-    vf_cpu_groupnorm(cur, cur, w[0], w[1], f->B, cfg->ch[0], H * W, cfg->groups, cfg->norm_eps, 1);
-    vf_residency_release(f->res, bi);
+    wblk k;
+    VF_TRY(next_block(f, 2, &k));
+    vf_status st = vf_be_groupnorm(f->be, cur, cur, k.w[0], k.w[1], NULL, f->B, cfg->ch[0], H * W, cfg->groups,
+                                   cfg->norm_eps, 1);
+    end_block(f, &k);
+    if (st != VF_OK)
+        return block_error(f, &k, st);
     return conv_block(f, cur, out, cfg->ch[0], H, W, cfg->out_channels, cfg->conv_out_k, 1);
 }
 
@@ -977,37 +1010,76 @@ static vf_status check_args(const vf_unet_config *cfg, const float *sample, int 
     return VF_OK;
 }
 
-vf_status vf_unet_forward(vf_residency *res, const vf_blocklist *bl, const vf_unet_config *cfg,
-                          const float *sample, int B, int H, int W, const float *timesteps,
-                          const float *context, int ctx_len, const float *text_embeds,
-                          const float *time_ids, float *out)
+/* The walk itself, on the uploaded sample; out receives the device result. */
+static vf_status forward_walk(fwd *f, skips *sk, vf_dbuf *sample, int H, int W, const float *timesteps,
+                              const float *text_embeds, const float *time_ids, vf_dbuf *out)
 {
+    vf_dbuf *cur = NULL;
+    vf_status st = embeddings(f, timesteps, text_embeds, time_ids);
+    if (st == VF_OK)
+        st = down_pass(f, sk, sample, &H, &W);
+    if (st == VF_OK)
+        st = mid_pass(f, sk, H, W, &cur);
+    if (st == VF_OK)
+        st = up_pass(f, sk, &H, &W, &cur);
+    if (st == VF_OK)
+        st = out_pass(f, cur, H, W, out);
+    if (st == VF_OK && (f->b != f->bl->nblocks || sk->n != 0))
+        st = vf_error(VF_ERR_INTERNAL, "unet: ran %d of %d blocks, %d skips left", f->b, f->bl->nblocks, sk->n);
+    vf_be_free(f->be, cur);
+    return st;
+}
+
+vf_status vf_unet_forward_ex(const vf_exec *x, const vf_unet_config *cfg, const float *sample, int B, int H,
+                             int W, const float *timesteps, const float *context, int ctx_len,
+                             const float *text_embeds, const float *time_ids, float *out)
+{
+    if (!x || !x->be || !x->bl || !cfg)
+        return vf_error(VF_ERR_INVALID_ARG, "unet: no execution context or config");
     VF_TRY(check_args(cfg, sample, B, H, W, timesteps, context, ctx_len, text_embeds, time_ids, out));
-    fwd f = {.res = res, .bl = bl, .cfg = cfg, .B = B, .ctx = context, .Lc = ctx_len};
-    skips sk = {0};
-    float *cur = NULL;
+    vf_backend *be = x->be;
+    fwd f = {.x = x, .be = be, .bl = x->bl, .cfg = cfg, .B = B, .Lc = ctx_len};
+    f.tok = vf_be_fm_is_tokens(be);
+    f.ff_chunk = vf_be_info(be)->kind == VF_BACKEND_CPU ? FF_CHUNK : FF_CHUNK_DEVICE;
+    skips sk = {.be = be};
+    vf_dbuf *smp = NULL, *ctx = NULL, *o = NULL;
     sk.cap = 1 + cfg->levels - 1;
     for (int l = 0; l < cfg->levels; l++)
         sk.cap += cfg->down_layers[l];
     sk.x = vf_calloc((size_t)sk.cap, sizeof *sk.x);
     sk.c = vf_calloc((size_t)sk.cap, sizeof *sk.c);
-    vf_status st = VF_ERR_NO_MEMORY;
-    if (!sk.x || !sk.c)
-        goto done;
-    st = embeddings(&f, timesteps, text_embeds, time_ids);
+    vf_status st = sk.x && sk.c ? VF_OK : vf_error_prefix(VF_ERR_NO_MEMORY, "unet: skip stack");
+    size_t nctx = (size_t)B * ctx_len * cfg->cross_dim;
+    if (st == VF_OK && !(st = vf_be_alloc(be, (size_t)B * cfg->in_channels * H * W, &smp)) &&
+        !(st = vf_be_alloc(be, nctx, &ctx)) &&
+        !(st = vf_be_alloc(be, (size_t)B * cfg->out_channels * H * W, &o)) &&
+        !(st = vf_be_upload_fm(be, smp, sample, B, cfg->in_channels, H, W)) &&
+        !(st = vf_be_upload(be, ctx, context, VF_DTYPE_F32, nctx))) {
+        f.ctx = ctx;
+        st = forward_walk(&f, &sk, smp, H, W, timesteps, text_embeds, time_ids, o);
+    }
     if (st == VF_OK)
-        st = down_pass(&f, &sk, sample, &H, &W);
-    if (st == VF_OK)
-        st = mid_pass(&f, &sk, H, W, &cur);
-    if (st == VF_OK)
-        st = up_pass(&f, &sk, &H, &W, &cur);
-    if (st == VF_OK)
-        st = out_pass(&f, cur, H, W, out);
-    if (st == VF_OK && (f.b != bl->nblocks || sk.n != 0))
-        st = vf_error(VF_ERR_INTERNAL, "unet: ran %d of %d blocks, %d skips left", f.b, bl->nblocks, sk.n);
-done:
-    vf_free(cur);
-    vf_free(f.temb);
+        st = vf_be_download_fm(be, out, o, B, cfg->out_channels, H, W);
+    vf_be_free(be, smp);
+    vf_be_free(be, ctx);
+    vf_be_free(be, o);
+    vf_be_free(be, f.temb);
     skips_free(&sk);
+    return st;
+}
+
+vf_status vf_unet_forward(vf_residency *res, const vf_blocklist *bl, const vf_unet_config *cfg,
+                          const float *sample, int B, int H, int W, const float *timesteps,
+                          const float *context, int ctx_len, const float *text_embeds,
+                          const float *time_ids, float *out)
+{
+    vf_exec x;
+    vf_backend *be;
+    vf_status est = vf_exec_cpu(&x, res, bl, &be);
+    if (est != VF_OK)
+        return vf_error_prefix(est, "unet: CPU backend");
+    vf_status st = vf_unet_forward_ex(&x, cfg, sample, B, H, W, timesteps, context, ctx_len, text_embeds,
+                                      time_ids, out);
+    vf_backend_free(be);
     return st;
 }

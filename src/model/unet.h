@@ -1,4 +1,4 @@
-/* The UNet (diffusers UNet2DConditionModel) as a block list, on the CPU.
+/* The UNet (diffusers UNet2DConditionModel) as a block list, on any compute backend.
  *
  * One implementation driven entirely by config.json covers SD1.5 and SDXL:
  * per-level channels, resnets per block, which levels carry cross-attention,
@@ -18,6 +18,7 @@
 
 #include "mem/residency.h"
 #include "model/blocks.h"
+#include "model/exec.h"
 #include "vramfit.h"
 
 #include <cjson/cJSON.h>
@@ -77,5 +78,12 @@ vf_status vf_unet_forward(vf_residency *res, const vf_blocklist *bl, const vf_un
                           const float *sample, int B, int H, int W, const float *timesteps,
                           const float *context, int ctx_len, const float *text_embeds,
                           const float *time_ids, float *out);
+/* The same on x's backend and weight source (vf_unet_forward is this on a
+ * CPU backend over res). Inputs and out are host float32 as above; they are
+ * uploaded and downloaded around the walk, everything between stays on the
+ * backend. */
+vf_status vf_unet_forward_ex(const vf_exec *x, const vf_unet_config *cfg, const float *sample, int B, int H,
+                             int W, const float *timesteps, const float *context, int ctx_len,
+                             const float *text_embeds, const float *time_ids, float *out);
 
 #endif

@@ -1,11 +1,16 @@
-/* The AutoencoderKL decoder on the CPU (see vae.h for the block list).
+/* The AutoencoderKL decoder on any compute backend (see vae.h for the block list).
  *
  * Every stage takes the current feature map by pointer, consumes it (frees it
- * once its last reader has run) and hands back a new one, so at most three
- * full-size maps are alive at any time (input, conv input, conv output). The
- * resnet with a channel change computes its 1x1 shortcut first so that the
- * input can then be normalised in place and dropped early: at 1024x1024 that
- * keeps the decoder's peak at ~2 GB instead of ~2.5 GB.
+ * once its last reader has been queued) and hands back a new one, so at most
+ * three full-size maps are alive at any time (input, conv input, conv output).
+ * The resnet with a channel change computes its 1x1 shortcut first so that
+ * the input can then be normalised in place and dropped early: at 1024x1024
+ * that keeps the decoder's float32 CPU peak at ~2 GB instead of ~2.5 GB, and
+ * half that in f16 on a GPU.
+ *
+ * Written once against backend/backend.h (weights through model/exec.h): the
+ * residual adds are the conv / GEMM epilogue's, which on the CPU backend is
+ * the same float32 add as before, so CPU results are unchanged bit for bit.
  *
  * Blocks are visited with a running index in exactly the order vf_vae_describe
  * created them, so the hot path does no name lookups; the order is checked
@@ -13,7 +18,7 @@
  */
 #include "model/vae.h"
 
-#include "backend/cpu/ops.h"
+#include "backend/backend.h"
 #include "core/alloc.h"
 #include "core/error.h"
 #include "io/json.h"
@@ -40,10 +45,11 @@ static vf_status parse_int_array(const cJSON *config, const char *key, int *out,
                         len, cap);
     for (int i = 0; i < len; i++) {
         const cJSON *v = cJSON_GetArrayItem(a, i);
-        if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble || v->valueint < 1 ||
-            v->valueint > 65536)
+        /* range first: casting an out-of-range double to int is undefined */
+        if (!cJSON_IsNumber(v) || !(v->valuedouble >= 1 && v->valuedouble <= 65536) ||
+            v->valuedouble != (double)(int)v->valuedouble)
             return vf_error(VF_ERR_FORMAT, "vae config: '%s'[%d] must be a positive integer", key, i);
-        out[i] = v->valueint;
+        out[i] = (int)v->valuedouble;
     }
     *n = len;
     return VF_OK;
@@ -251,36 +257,38 @@ vf_status vf_vae_describe(const cJSON *config, vf_blocklist *bl)
 
 /* One decode's walk through the block list. */
 typedef struct vae_run {
-    vf_residency *r;
+    const vf_exec *x;
+    vf_backend *be;
     const vf_blocklist *bl;
     const vf_vae_config *cfg;
+    int tok;                      /* feature maps already are token sequences  */
     int b;                        /* next block to run                        */
+    const vf_dbuf *w[VF_EXEC_MAX_W]; /* the current block's weights           */
 } vae_run;
 
 /* A feature map (C,H,W) owned by the decoder. */
 typedef struct fmap {
-    float *d;
+    vf_dbuf *d;
     int C, H, W;
 } fmap;
 
-static float *alloc_map(int C, int H, int W, const char *what)
+static vf_status alloc_map(vae_run *run, int C, int H, int W, const char *what, vf_dbuf **p)
 {
     size_t n;
-    if (vf_mul_overflow((size_t)C * (size_t)H, (size_t)W * sizeof(float), &n)) {
-        vf_error(VF_ERR_NO_MEMORY, "vae: %s map (%d,%d,%d) is too large", what, C, H, W);
-        return NULL;
-    }
-    float *p = vf_malloc(n);
-    if (!p)
-        vf_error_prefix(VF_ERR_NO_MEMORY, "vae: %s map (%d,%d,%d)", what, C, H, W);
-    return p;
+    *p = NULL;
+    if (vf_mul_overflow((size_t)C * (size_t)H, (size_t)W, &n))
+        return vf_error(VF_ERR_NO_MEMORY, "vae: %s map (%d,%d,%d) is too large", what, C, H, W);
+    vf_status st = vf_be_alloc(run->be, n, p);
+    if (st != VF_OK)
+        return vf_error_prefix(st, "vae: %s map (%d,%d,%d)", what, C, H, W);
+    return VF_OK;
 }
 
-static vf_status acquire(vae_run *run, const float *const **w)
+static vf_status acquire(vae_run *run)
 {
     if (run->b >= run->bl->nblocks)
         return vf_error(VF_ERR_INTERNAL, "vae: block list has only %d blocks", run->bl->nblocks);
-    vf_status st = vf_residency_acquire(run->r, run->b, w);
+    vf_status st = vf_exec_acquire(run->x, run->b, run->w, VF_EXEC_MAX_W);
     if (st != VF_OK)
         return vf_error_prefix(st, "vae: block '%s'", run->bl->blocks[run->b].name);
     return VF_OK;
@@ -291,7 +299,7 @@ static vf_status finish(vae_run *run, vf_status st)
 {
     if (st != VF_OK)
         vf_error_prefix(st, "vae: block '%s'", run->bl->blocks[run->b].name);
-    vf_residency_release(run->r, run->b);
+    vf_exec_release(run->x, run->b);
     run->b++;
     return st;
 }
@@ -299,21 +307,18 @@ static vf_status finish(vae_run *run, vf_status st)
 /* A conv block with weight, bias: x (C,H,W) -> (OC,H,W), consumed. */
 static vf_status run_conv_block(vae_run *run, fmap *x, int oc, int k)
 {
-    const float *const *w;
-    vf_status st = acquire(run, &w);
+    vf_dbuf *y = NULL;
+    vf_status st = acquire(run);
     if (st != VF_OK)
         return st;
-    float *y = alloc_map(oc, x->H, x->W, "conv output");
-    if (!y) {
-        st = VF_ERR_NO_MEMORY;
+    if ((st = alloc_map(run, oc, x->H, x->W, "conv output", &y)) != VF_OK)
         goto out;
-    }
-    st = vf_cpu_conv2d(y, x->d, w[0], w[1], 1, x->C, x->H, x->W, oc, k, k, 1, k / 2);
+    st = vf_be_conv2d(run->be, y, x->d, run->w[0], run->w[1], NULL, 1, x->C, x->H, x->W, oc, k, k, 1, k / 2);
     if (st != VF_OK) {
-        vf_free(y);
+        vf_be_free(run->be, y);
         goto out;
     }
-    vf_free(x->d);
+    vf_be_free(run->be, x->d);
     x->d = y;
     x->C = oc;
 out:
@@ -322,115 +327,137 @@ out:
 
 /* x (cin,H,W) -> (cout,H,W), consumed:
  * out = conv2(gn_silu(conv1(gn_silu(x)))) + (cin != cout ? shortcut(x) : x). */
-static vf_status resnet_compute(const vf_vae_config *cfg, const float *const *w, fmap *x, int cout)
+static vf_status resnet_compute(vae_run *run, fmap *x, int cout)
 {
+    const vf_vae_config *cfg = run->cfg;
+    const vf_dbuf *const *w = run->w;
+    vf_backend *be = run->be;
     int cin = x->C, H = x->H, W = x->W, G = cfg->norm_num_groups, HW = H * W;
-    float eps = cfg->norm_eps, *res = NULL, *a = NULL, *b = NULL;
-    vf_status st = VF_ERR_NO_MEMORY;
+    float eps = cfg->norm_eps;
+    vf_dbuf *res = NULL, *a = NULL, *b = NULL;
+    vf_status st;
     if (cin != cout) {
-        if (!(res = alloc_map(cout, H, W, "resnet shortcut")))
-            goto fail;
-        if ((st = vf_cpu_conv2d(res, x->d, w[R_SCW], w[R_SCB], 1, cin, H, W, cout, 1, 1, 1, 0)))
+        if ((st = alloc_map(run, cout, H, W, "resnet shortcut", &res)) ||
+            (st = vf_be_conv2d(be, res, x->d, w[R_SCW], w[R_SCB], NULL, 1, cin, H, W, cout, 1, 1, 1, 0)))
             goto fail;
         /* x is no longer needed as the residual: normalise it in place. */
-        vf_cpu_groupnorm(x->d, x->d, w[R_N1W], w[R_N1B], 1, cin, HW, G, eps, 1);
+        if ((st = vf_be_groupnorm(be, x->d, x->d, w[R_N1W], w[R_N1B], NULL, 1, cin, HW, G, eps, 1)))
+            goto fail;
         a = x->d;
         x->d = NULL;
     } else {
         res = x->d;
         x->d = NULL;
-        if (!(a = alloc_map(cin, H, W, "resnet norm1")))
+        if ((st = alloc_map(run, cin, H, W, "resnet norm1", &a)) ||
+            (st = vf_be_groupnorm(be, a, res, w[R_N1W], w[R_N1B], NULL, 1, cin, HW, G, eps, 1)))
             goto fail;
-        vf_cpu_groupnorm(a, res, w[R_N1W], w[R_N1B], 1, cin, HW, G, eps, 1);
     }
-    st = VF_ERR_NO_MEMORY;
-    if (!(b = alloc_map(cout, H, W, "resnet conv1")))
+    if ((st = alloc_map(run, cout, H, W, "resnet conv1", &b)) ||
+        (st = vf_be_conv2d(be, b, a, w[R_C1W], w[R_C1B], NULL, 1, cin, H, W, cout, 3, 3, 1, 1)) ||
+        (st = vf_be_groupnorm(be, b, b, w[R_N2W], w[R_N2B], NULL, 1, cout, HW, G, eps, 1)))
         goto fail;
-    if ((st = vf_cpu_conv2d(b, a, w[R_C1W], w[R_C1B], 1, cin, H, W, cout, 3, 3, 1, 1)))
-        goto fail;
-    vf_cpu_groupnorm(b, b, w[R_N2W], w[R_N2B], 1, cout, HW, G, eps, 1);
     /* a has cin >= cout channels of room unless cin < cout: then reallocate. */
     if (cin < cout) {
-        vf_free(a);
-        st = VF_ERR_NO_MEMORY;
-        if (!(a = alloc_map(cout, H, W, "resnet conv2")))
+        vf_be_free(be, a);
+        a = NULL;
+        if ((st = alloc_map(run, cout, H, W, "resnet conv2", &a)))
             goto fail;
     }
-    if ((st = vf_cpu_conv2d(a, b, w[R_C2W], w[R_C2B], 1, cout, H, W, cout, 3, 3, 1, 1)))
+    if ((st = vf_be_conv2d(be, a, b, w[R_C2W], w[R_C2B], res, 1, cout, H, W, cout, 3, 3, 1, 1)))
         goto fail;
-    vf_cpu_add(a, res, (size_t)cout * HW);
-    vf_free(b);
-    vf_free(res);
+    vf_be_free(be, b);
+    vf_be_free(be, res);
     x->d = a;
     x->C = cout;
     return VF_OK;
 fail:
-    vf_free(res);
-    vf_free(a);
-    vf_free(b);
+    vf_be_free(be, res);
+    vf_be_free(be, a);
+    vf_be_free(be, b);
     return st;
 }
 
 static vf_status run_resnet(vae_run *run, fmap *x, int cout)
 {
-    const float *const *w;
-    vf_status st = acquire(run, &w);
+    vf_status st = acquire(run);
     if (st != VF_OK)
         return st;
-    st = resnet_compute(run->cfg, w, x, cout);
+    st = resnet_compute(run, x, cout);
     return finish(run, st);
 }
 
-/* x (C,H,W), in place: x += out(attn(q, k, v)) over the HW tokens of
- * group_norm(x), one head of dim C. */
-static vf_status attention_compute(const vf_vae_config *cfg, const float *const *w, fmap *x)
+/* q, k, v (HW,C) from tokens t; o (HW,C) = attention, one head of dim C. */
+static vf_status attention_core(vae_run *run, vf_dbuf *o, const vf_dbuf *t, vf_dbuf *q, vf_dbuf *k, vf_dbuf *v,
+                                int C, int HW)
 {
+    vf_backend *be = run->be;
+    const vf_dbuf *const *w = run->w;
+    VF_TRY(vf_be_linear(be, q, t, w[A_QW], w[A_QB], NULL, HW, C, C, VF_ACT_NONE));
+    VF_TRY(vf_be_linear(be, k, t, w[A_KW], w[A_KB], NULL, HW, C, C, VF_ACT_NONE));
+    VF_TRY(vf_be_linear(be, v, t, w[A_VW], w[A_VB], NULL, HW, C, C, VF_ACT_NONE));
+    return vf_be_attention(be, o, q, k, v, 1, HW, HW, 1, C, 0, 0, 0, 0, 0, 1.0f / sqrtf((float)C));
+}
+
+/* x (C,H,W), in place: x += out(attn(q, k, v)) over the HW tokens of
+ * group_norm(x), one head of dim C. Where a feature map is its token matrix
+ * (NHWC) no transposes run and the residual add is the GEMM's epilogue. */
+static vf_status attention_compute(vae_run *run, fmap *x)
+{
+    vf_backend *be = run->be;
+    const vf_dbuf *const *w = run->w;
     int C = x->C, HW = x->H * x->W;
-    float *n = NULL, *t = NULL, *k = NULL, *v = NULL;
-    vf_status st = VF_ERR_NO_MEMORY;
-    if (!(n = alloc_map(C, x->H, x->W, "attention norm")) ||
-        !(t = alloc_map(C, x->H, x->W, "attention tokens")) ||
-        !(k = alloc_map(C, x->H, x->W, "attention keys")) ||
-        !(v = alloc_map(C, x->H, x->W, "attention values")))
+    vf_dbuf *n = NULL, *t = NULL, *k = NULL, *v = NULL;
+    vf_status st;
+    if ((st = alloc_map(run, C, x->H, x->W, "attention norm", &n)) ||
+        (st = alloc_map(run, C, x->H, x->W, "attention tokens", &t)) ||
+        (st = alloc_map(run, C, x->H, x->W, "attention keys", &k)) ||
+        (st = alloc_map(run, C, x->H, x->W, "attention values", &v)))
         goto out;
-    vf_cpu_groupnorm(n, x->d, w[A_NW], w[A_NB], 1, C, HW, cfg->norm_num_groups, cfg->norm_eps, 0);
-    vf_cpu_nchw_to_nhwc(t, n, 1, C, HW);
-    float *q = n;                 /* n is dead once transposed into t          */
-    vf_cpu_linear(q, t, w[A_QW], w[A_QB], HW, C, C);
-    vf_cpu_linear(k, t, w[A_KW], w[A_KB], HW, C, C);
-    vf_cpu_linear(v, t, w[A_VW], w[A_VB], HW, C, C);
-    st = vf_cpu_attention(t, q, k, v, 1, HW, HW, 1, C, 0, 1.0f / sqrtf((float)C));
-    if (st != VF_OK)
+    if ((st = vf_be_groupnorm(be, n, x->d, w[A_NW], w[A_NB], NULL, 1, C, HW, run->cfg->norm_num_groups,
+                              run->cfg->norm_eps, 0)))
         goto out;
-    vf_cpu_linear(k, t, w[A_OW], w[A_OB], HW, C, C);
-    vf_cpu_nhwc_to_nchw(n, k, 1, C, HW);
-    vf_cpu_add(x->d, n, (size_t)C * HW);
+    if (run->tok) {
+        /* n is the token matrix; t holds q; the output goes to n once read. */
+        st = attention_core(run, n, n, t, k, v, C, HW);
+        if (st == VF_OK)
+            st = vf_be_linear(be, x->d, n, w[A_OW], w[A_OB], x->d, HW, C, C, VF_ACT_NONE);
+        goto out;
+    }
+    /* n is dead once transposed into t: it holds q. */
+    if ((st = vf_be_fm_to_tokens(be, t, n, 1, C, HW)) || (st = attention_core(run, t, t, n, k, v, C, HW)) ||
+        (st = vf_be_linear(be, k, t, w[A_OW], w[A_OB], NULL, HW, C, C, VF_ACT_NONE)) ||
+        (st = vf_be_tokens_to_fm(be, n, k, 1, C, HW)))
+        goto out;
+    st = vf_be_add(be, x->d, n, (size_t)C * HW);
 out:
-    vf_free(n);
-    vf_free(t);
-    vf_free(k);
-    vf_free(v);
+    vf_be_free(be, n);
+    vf_be_free(be, t);
+    vf_be_free(be, k);
+    vf_be_free(be, v);
     return st;
 }
 
 static vf_status run_attention(vae_run *run, fmap *x)
 {
-    const float *const *w;
-    vf_status st = acquire(run, &w);
+    vf_status st = acquire(run);
     if (st != VF_OK)
         return st;
-    st = attention_compute(run->cfg, w, x);
+    st = attention_compute(run, x);
     return finish(run, st);
 }
 
 /* x (C,H,W) -> conv3x3(nearest2x(x)) (C,2H,2W), consumed. */
 static vf_status run_upsample(vae_run *run, fmap *x)
 {
-    float *u = alloc_map(x->C, 2 * x->H, 2 * x->W, "upsampled");
-    if (!u)
-        return vf_error_prefix(VF_ERR_NO_MEMORY, "vae: block '%s'", run->bl->blocks[run->b].name);
-    vf_cpu_upsample_nearest2x(u, x->d, 1, x->C, x->H, x->W);
-    vf_free(x->d);
+    vf_dbuf *u = NULL;
+    vf_status st = alloc_map(run, x->C, 2 * x->H, 2 * x->W, "upsampled", &u);
+    if (st == VF_OK)
+        st = vf_be_upsample2x(run->be, u, x->d, 1, x->C, x->H, x->W);
+    if (st != VF_OK) {
+        vf_be_free(run->be, u);
+        return vf_error_prefix(st, "vae: block '%s'", run->bl->blocks[run->b].name);
+    }
+    vf_be_free(run->be, x->d);
     x->d = u;
     x->H *= 2;
     x->W *= 2;
@@ -438,17 +465,17 @@ static vf_status run_upsample(vae_run *run, fmap *x)
 }
 
 /* x (C0,H,W) -> image (out_channels,H,W): conv_out(gn_silu(x)); x is freed. */
-static vf_status run_output(vae_run *run, fmap *x, float *image)
+static vf_status run_output(vae_run *run, fmap *x, vf_dbuf *image)
 {
-    const float *const *w;
-    vf_status st = acquire(run, &w);
+    vf_status st = acquire(run);
     if (st != VF_OK)
         return st;
-    vf_cpu_groupnorm(x->d, x->d, w[0], w[1], 1, x->C, x->H * x->W, run->cfg->norm_num_groups,
-                     run->cfg->norm_eps, 1);
-    st = vf_cpu_conv2d(image, x->d, w[2], w[3], 1, x->C, x->H, x->W, run->cfg->out_channels, 3, 3,
-                       1, 1);
-    vf_free(x->d);
+    st = vf_be_groupnorm(run->be, x->d, x->d, run->w[0], run->w[1], NULL, 1, x->C, x->H * x->W,
+                         run->cfg->norm_num_groups, run->cfg->norm_eps, 1);
+    if (st == VF_OK)
+        st = vf_be_conv2d(run->be, image, x->d, run->w[2], run->w[3], NULL, 1, x->C, x->H, x->W,
+                          run->cfg->out_channels, 3, 3, 1, 1);
+    vf_be_free(run->be, x->d);
     x->d = NULL;
     return finish(run, st);
 }
@@ -491,25 +518,48 @@ static vf_status check_blocklist(const vf_blocklist *bl, const vf_vae_config *cf
     return VF_OK;
 }
 
-vf_status vf_vae_decode_one(vf_residency *r, const vf_blocklist *bl, const vf_vae_config *cfg,
-                            const float *z, int h, int w, float *image)
+vf_status vf_vae_decode_one_ex(const vf_exec *x, const vf_vae_config *cfg, const float *z, int h, int w,
+                               float *image)
 {
-    VF_TRY(check_blocklist(bl, cfg));
+    if (!x || !x->be || !cfg || !z || !image)
+        return vf_error(VF_ERR_INVALID_ARG, "vae: decode: no context, config, latent or image");
+    VF_TRY(check_blocklist(x->bl, cfg));
     int64_t S = vf_vae_scale(cfg);
     /* The kernels index a plane with int: keep the output well inside that. */
     if (h < 1 || w < 1 || (int64_t)h * S * w * S > ((int64_t)1 << 28))
         return vf_error(VF_ERR_INVALID_ARG, "vae: latent size %dx%d is out of range", h, w);
-    vae_run run = {r, bl, cfg, 0};
-    fmap x = {alloc_map(cfg->latent_channels, h, w, "latent"), cfg->latent_channels, h, w};
-    if (!x.d)
-        return VF_ERR_NO_MEMORY;
-    memcpy(x.d, z, (size_t)cfg->latent_channels * h * w * sizeof(float));
-    vf_status st = run_head(&run, &x);
+    vae_run run = {.x = x, .be = x->be, .bl = x->bl, .cfg = cfg, .tok = vf_be_fm_is_tokens(x->be)};
+    int C = cfg->latent_channels, OC = cfg->out_channels, OH = (int)(h * S), OW = (int)(w * S);
+    fmap f = {NULL, C, h, w};
+    vf_dbuf *img = NULL;
+    vf_status st = alloc_map(&run, C, h, w, "latent", &f.d);
     if (st == VF_OK)
-        st = run_up_blocks(&run, &x);
+        st = vf_be_upload_fm(run.be, f.d, z, 1, C, h, w);
     if (st == VF_OK)
-        st = run_output(&run, &x, image);
-    vf_free(x.d);
+        st = run_head(&run, &f);
+    if (st == VF_OK)
+        st = run_up_blocks(&run, &f);
+    if (st == VF_OK)
+        st = alloc_map(&run, OC, OH, OW, "image", &img);
+    if (st == VF_OK)
+        st = run_output(&run, &f, img);
+    if (st == VF_OK)
+        st = vf_be_download_fm(run.be, image, img, 1, OC, OH, OW);
+    vf_be_free(run.be, img);
+    vf_be_free(run.be, f.d);
+    return st;
+}
+
+vf_status vf_vae_decode_one(vf_residency *r, const vf_blocklist *bl, const vf_vae_config *cfg,
+                            const float *z, int h, int w, float *image)
+{
+    vf_exec x;
+    vf_backend *be;
+    vf_status est = vf_exec_cpu(&x, r, bl, &be);
+    if (est != VF_OK)
+        return vf_error_prefix(est, "vae: CPU backend");
+    vf_status st = vf_vae_decode_one_ex(&x, cfg, z, h, w, image);
+    vf_backend_free(be);
     return st;
 }
 
@@ -532,27 +582,43 @@ static void unscale_latents(float *z, const float *lat, const vf_vae_config *cfg
     }
 }
 
+vf_status vf_vae_decode_ex(const vf_exec *x, const vf_vae_config *cfg, const float *latents, int B, int h, int w,
+                           float *image)
+{
+    if (!x || !x->be || !cfg || !latents || !image || B < 1 || h < 1 || w < 1)
+        return vf_error(VF_ERR_INVALID_ARG, "vae: decode of %d latents %dx%d: bad arguments", B, h,
+                        w);
+    VF_TRY(check_blocklist(x->bl, cfg));
+    int S = vf_vae_scale(cfg), C = cfg->latent_channels;
+    size_t in_n = (size_t)C * h * w, out_n = (size_t)cfg->out_channels * h * S * w * S;
+    float *z = vf_malloc(in_n * sizeof(float));
+    if (!z)
+        return vf_error_prefix(VF_ERR_NO_MEMORY, "vae: unscaled latent (%d,%d,%d)", C, h, w);
+    vf_status st = VF_OK;
+    /* One image at a time: activations, not weights, are the decoder's cost. */
+    for (int b = 0; b < B && st == VF_OK; b++) {
+        unscale_latents(z, latents + b * in_n, cfg, h * w);
+        st = vf_vae_decode_one_ex(x, cfg, z, h, w, image + b * out_n);
+        if (st != VF_OK && B > 1)
+            vf_error_prefix(st, "vae: image %d of %d", b, B);
+    }
+    vf_free(z);
+    return st;
+}
+
 vf_status vf_vae_decode(vf_residency *r, const vf_blocklist *bl, const vf_vae_config *cfg,
                         const float *latents, int B, int h, int w, float *image)
 {
     if (!r || !cfg || !latents || !image || B < 1 || h < 1 || w < 1)
         return vf_error(VF_ERR_INVALID_ARG, "vae: decode of %d latents %dx%d: bad arguments", B, h,
                         w);
-    VF_TRY(check_blocklist(bl, cfg));
-    int S = vf_vae_scale(cfg), C = cfg->latent_channels;
-    size_t in_n = (size_t)C * h * w, out_n = (size_t)cfg->out_channels * h * S * w * S;
-    float *z = alloc_map(C, h, w, "unscaled latent");
-    if (!z)
-        return VF_ERR_NO_MEMORY;
-    vf_status st = VF_OK;
-    /* One image at a time: activations, not weights, are the decoder's cost. */
-    for (int b = 0; b < B && st == VF_OK; b++) {
-        unscale_latents(z, latents + b * in_n, cfg, h * w);
-        st = vf_vae_decode_one(r, bl, cfg, z, h, w, image + b * out_n);
-        if (st != VF_OK && B > 1)
-            vf_error_prefix(st, "vae: image %d of %d", b, B);
-    }
-    vf_free(z);
+    vf_exec x;
+    vf_backend *be;
+    vf_status est = vf_exec_cpu(&x, r, bl, &be);
+    if (est != VF_OK)
+        return vf_error_prefix(est, "vae: CPU backend");
+    vf_status st = vf_vae_decode_ex(&x, cfg, latents, B, h, w, image);
+    vf_backend_free(be);
     return st;
 }
 

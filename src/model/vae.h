@@ -1,4 +1,4 @@
-/* The VAE (diffusers AutoencoderKL) decoder on the CPU, as a block list.
+/* The VAE (diffusers AutoencoderKL) decoder, as a block list, on any compute backend.
  *
  * The decoder turns latents (B,4,h,w) into an image (B,3,S*h,S*w) in [-1,1],
  * S = 2^(levels-1) (8 for SD1.5 and SDXL). Its weights are small (~50M params)
@@ -27,6 +27,7 @@
 
 #include "mem/residency.h"
 #include "model/blocks.h"
+#include "model/exec.h"
 
 #include <cjson/cJSON.h>
 #include <stdint.h>
@@ -69,6 +70,13 @@ vf_status vf_vae_decode(vf_residency *r, const vf_blocklist *bl, const vf_vae_co
  * The seam for tiled decoding. */
 vf_status vf_vae_decode_one(vf_residency *r, const vf_blocklist *bl, const vf_vae_config *cfg,
                             const float *z, int h, int w, float *image);
+/* The same two on x's backend and weight source (the forms above are these on
+ * a CPU backend over r); host float32 in and out, everything between on the
+ * backend. */
+vf_status vf_vae_decode_ex(const vf_exec *x, const vf_vae_config *cfg, const float *latents, int B, int h, int w,
+                           float *image);
+vf_status vf_vae_decode_one_ex(const vf_exec *x, const vf_vae_config *cfg, const float *z, int h, int w,
+                               float *image);
 
 /* decoded is (B,3,H,W) in [-1,1]. img01 (B,H,W,3) receives (x/2+0.5).clamp(0,1)
  * and rgb (B,H,W,3) receives round_half_even(img01 * 255) as uint8, the

@@ -29,6 +29,7 @@
 #include "io/safetensors.h"
 #include "model/unet.h"
 #include "model/vae.h"
+#include "pipeline/finite.h"
 #include "pipeline/model.h"
 #include "pipeline/rng.h"
 #include "pipeline/scheduler.h"
@@ -293,6 +294,15 @@ static vf_status make_plan(vf_model *m, const vf_generate_params *p, plan *pl)
     return VF_OK;
 }
 
+/* The model's memory (pipeline/memory.c) planned for this request: a no-op
+ * when the current plan was made for the same size, steps and guidance. */
+static vf_status prepare_memory(vf_model *m, const plan *pl, const vf_generate_params *p)
+{
+    vf_mm_request rq;
+    vf_mm_request_make(&rq, pl->W, pl->H, p->steps, p->guidance_scale);
+    return vf_mm_prepare(m, &rq);
+}
+
 /* ---- DENOISE ----------------------------------------------------------------- */
 
 typedef struct denoiser {
@@ -466,16 +476,21 @@ static vf_status denoise_step(denoiser *z, int i)
     if (pl->B == 2)
         memcpy(z->x + n, z->x, sizeof(float) * n);
     z->ts[0] = z->ts[1] = vf_scheduler_timestep(z->sch, i);
-    vf_status st = vf_unet_forward(z->res, &m->bl[VF_COMPONENT_UNET], &pl->ucfg, z->x, pl->B, pl->h, pl->w,
-                                   z->ts, z->ctx, z->e->seq_len, z->text, z->time_ids, z->eps);
+    vf_status st = vf_model_run_unet(m, z->res, &pl->ucfg, z->x, pl->B, pl->h, pl->w,
+                                     z->ts, z->ctx, z->e->seq_len, z->text, z->time_ids, z->eps);
     if (st != VF_OK)
         return vf_error_prefix(st, "%s: denoise step %d", m->path, i);
+    char where[96];
+    snprintf(where, sizeof where, "denoise step %d: the unet output", i);
+    VF_TRY(vf_check_finite(m, VF_COMPONENT_UNET, z->eps, n * (size_t)pl->B, where));
     if (i == 0 && z->d)
         VF_TRY(dump_unet0(z));
     guide(z);
     st = vf_scheduler_step(z->sch, i, z->guided, z->latents, n, z->rng);
     if (st != VF_OK)
         return vf_error_prefix(st, "%s: denoise step %d", m->path, i);
+    snprintf(where, sizeof where, "denoise step %d: the latents after guidance and the sampler", i);
+    VF_TRY(vf_check_finite(m, -1, z->latents, n, where));
     if (!z->d)
         return VF_OK;
     char name[48];
@@ -487,10 +502,14 @@ static vf_status denoise_run(denoiser *z, vf_latents **out)
 {
     const plan *pl = &z->pl;
     int N = vf_scheduler_steps(z->sch);
+    vf_latents now = {1, pl->C, pl->h, pl->w, NULL};
     for (int i = 0; i < N; i++) {
         if (progress_stop(z->p, VF_STEP_DENOISE, i, N))
             return cancelled(VF_STEP_DENOISE, i, N);
         VF_TRY(denoise_step(z, i));
+        now.data = z->latents;
+        if (z->p->on_latents && z->p->on_latents(z->p->user, i + 1, N, &now) != 0)
+            return cancelled(VF_STEP_DENOISE, i + 1, N);
     }
     if (progress_stop(z->p, VF_STEP_DENOISE, N, N))
         return cancelled(VF_STEP_DENOISE, N, N);
@@ -524,12 +543,15 @@ static vf_status denoise_impl(vf_model *m, const vf_generate_params *p, const vf
     if (st == VF_OK)
         st = check_embeddings(m, &z.pl, e);
     if (st == VF_OK)
+        st = prepare_memory(m, &z.pl, p);
+    if (st == VF_OK)
         st = denoiser_setup(&z);
     if (st == VF_OK) {
         *used = vf_scheduler_kind(z.sch);
         st = denoise_run(&z, out);
     }
     denoiser_free(&z);
+    vf_model_component_done(m, VF_COMPONENT_UNET);
     return st;
 }
 
@@ -556,8 +578,15 @@ static vf_status decode_impl(vf_model *m, const vf_latents *l, const vf_generate
         return cancelled(VF_STEP_DECODE, 0, 1);
     int H = l->height * S, W = l->width * S;
     size_t hw = (size_t)H * (size_t)W;
+    /* The plan of the run that made the latents, unless they are another size. */
+    vf_mm_request rq = m->mm.plan ? m->mm.key : (vf_mm_request){0, 0, 20, 1};
+    rq.width = W;
+    rq.height = H;
+    VF_TRY(vf_mm_prepare(m, &rq));
     vf_residency *r;
-    VF_TRY(vf_model_residency(m, VF_COMPONENT_VAE, &r));
+    st = vf_model_residency(m, VF_COMPONENT_VAE, &r);
+    if (st != VF_OK)
+        return st;
     float *decoded = vf_malloc(sizeof(float) * 3 * hw);
     vf_image *img = decoded ? vf_calloc(1, sizeof *img) : NULL;
     if (img) {
@@ -570,11 +599,14 @@ static vf_status decode_impl(vf_model *m, const vf_latents *l, const vf_generate
     }
     img->width = W;
     img->height = H;
-    st = vf_vae_decode(r, &m->bl[VF_COMPONENT_VAE], &cfg, l->data, 1, l->height, l->width, decoded);
+    st = vf_model_run_vae(m, r, &cfg, l->data, 1, l->height, l->width, decoded);
     if (st != VF_OK) {
         st = vf_error_prefix(st, "%s: decode", m->path);
         goto done;
     }
+    st = vf_check_finite(m, VF_COMPONENT_VAE, decoded, 3 * hw, "decode: the vae output");
+    if (st != VF_OK)
+        goto done;
     vf_image_from_decoded(decoded, 1, H, W, img->pixels, img->rgb);
     st = DUMP(d, "vae_decoded", decoded, 1, 3, H, W);
     if (st == VF_OK)
@@ -582,6 +614,7 @@ static vf_status decode_impl(vf_model *m, const vf_latents *l, const vf_generate
     if (st == VF_OK && p && progress_stop(p, VF_STEP_DECODE, 1, 1))
         st = cancelled(VF_STEP_DECODE, 1, 1);
 done:
+    vf_model_component_done(m, VF_COMPONENT_VAE);
     vf_free(decoded);
     if (st == VF_OK)
         *out = img;
@@ -639,10 +672,27 @@ static vf_status encode_stage(vf_model *m, const vf_generate_params *p, vf_embed
 {
     if (progress_stop(p, VF_STEP_ENCODE_PROMPT, 0, 1))
         return cancelled(VF_STEP_ENCODE_PROMPT, 0, 1);
-    VF_TRY(vf_encode_prompt(m, p->prompt ? p->prompt : "", p->negative_prompt, e));
+    VF_TRY(vf_encode_prompt_ex(m, p->prompt ? p->prompt : "", p->negative_prompt, p->prompt_syntax, e));
     if (progress_stop(p, VF_STEP_ENCODE_PROMPT, 1, 1))
         return cancelled(VF_STEP_ENCODE_PROMPT, 1, 1);
     return VF_OK;
+}
+
+/* Each stage of vf_generate runs in a monitor scope named after it, so its
+ * peak device and host memory are recorded (vf_usage_stage, `generate --stats`).
+ * Returns whether the scope opened (they nest at most 16 deep). */
+static int track_begin(vf_generation_step s)
+{
+    if (vf_track_usage_begin(vf_generation_step_name(s)) == VF_OK)
+        return 1;
+    vf_clear_error();
+    return 0;
+}
+
+static void track_end(int scoped)
+{
+    if (scoped)
+        (void)vf_track_usage_end(NULL);
 }
 
 vf_status vf_generate(vf_model *m, const vf_generate_params *p, vf_image **out)
@@ -652,18 +702,28 @@ vf_status vf_generate(vf_model *m, const vf_generate_params *p, vf_image **out)
     *out = NULL;
     if (!m || !p)
         return vf_error(VF_ERR_INVALID_ARG, "vf_generate: model or params is NULL");
-    /* Bad parameters fail before the text encoders spend any time. */
+    /* Bad parameters fail before the text encoders spend any time, and a
+     * request that fits no plan before anything loads. */
     plan pl;
     VF_TRY(make_plan(m, p, &pl));
+    VF_TRY(prepare_memory(m, &pl, p));
     dump d = {0}, *dp = p->dump_path ? &d : NULL;
     vf_embeddings *e = NULL;
     vf_latents *l = NULL;
     vf_sampler used = VF_SAMPLER_DEFAULT;
+    int sc = track_begin(VF_STEP_ENCODE_PROMPT);
     vf_status st = encode_stage(m, p, &e);
-    if (st == VF_OK)
+    track_end(sc);
+    if (st == VF_OK) {
+        sc = track_begin(VF_STEP_DENOISE);
         st = denoise_impl(m, p, e, dp, &used, &l);
-    if (st == VF_OK)
+        track_end(sc);
+    }
+    if (st == VF_OK) {
+        sc = track_begin(VF_STEP_DECODE);
         st = decode_impl(m, l, p, dp, out);
+        track_end(sc);
+    }
     if (st == VF_OK && dp)
         st = dump_write(dp, p->dump_path, m, p, used);
     if (st != VF_OK) {

@@ -8,9 +8,14 @@
  * that needs it; see pipeline/model.h.
  *
  * Tokenizers: a diffusers folder has its own; a single file has none, so they
- * come from options->tokenizer_dir or from tokenizer/ next to the file. The
+ * come from options->tokenizer_dir, from tokenizer/ next to the file, or from
+ * the Hugging Face cache (pipeline/tokenizer_find.h), in that order. The
  * same folder, when it holds component configs, also stands in for config_dir:
  * a diffusers folder of the same model is the usual thing to point at.
+ *
+ * Where components compute and how their weights are placed (device, plan,
+ * arena) is pipeline/memory.c's; opening only creates the device, and with
+ * EAGER loading loads what the plan keeps.
  */
 #include "pipeline/model.h"
 #include "core/alloc.h"
@@ -18,7 +23,10 @@
 #include "io/json.h"
 #include "model/unet.h"
 #include "model/vae.h"
+#include "pipeline/tokenizer.h"
+#include "pipeline/tokenizer_find.h"
 
+#include <stdio.h>
 #include <string.h>
 
 void vf_model_options_init(vf_model_options *o)
@@ -75,6 +83,7 @@ static vf_status resolve_tokenizer_root(vf_model *m, int single, const vf_model_
     const char *given = o->tokenizer_dir;
     if (given && !vf_is_dir(given) && !vf_is_file(given))
         return vf_error(VF_ERR_NOT_FOUND, "tokenizer '%s' does not exist", given);
+    m->tokenizer_search = single && !given;
     if (given || !single) {
         m->tokenizer_root = vf_strdup(given ? given : m->path);
         return m->tokenizer_root ? VF_OK : vf_error_prefix(VF_ERR_NO_MEMORY, "%s", m->path);
@@ -130,6 +139,48 @@ static vf_status describe(vf_model *m, vf_component c)
     }
 }
 
+/* The components must belong together. A UNet from another model (SDXL's in an
+ * SD1.5 folder, say) binds to its own weights without complaint and would only
+ * fail after the prompt was encoded, with a message about embeddings; here the
+ * message can say which components disagree. */
+static vf_status check_components(const vf_model *m)
+{
+    if (!m->present[VF_COMPONENT_UNET])
+        return VF_OK;
+    vf_unet_config u;
+    vf_status st = vf_unet_config_parse(vf_checkpoint_config(m->ck, VF_COMPONENT_UNET), m->arch, &u);
+    if (st != VF_OK)
+        return vf_error_prefix(st, "%s", m->path);
+    int xl = m->arch == VF_ARCH_SDXL;
+    if (u.text_time != xl)
+        return vf_error(VF_ERR_SHAPE,
+                        "%s: the unet %s SDXL's text_time conditioning but the pipeline is %s (a unet of the "
+                        "other architecture?)", m->path, u.text_time ? "has" : "lacks", xl ? "SDXL" : "SD1.5");
+    int width = 0;
+    for (int i = 0; i < 2; i++)
+        if (m->present[i ? VF_COMPONENT_TEXT_ENCODER_2 : VF_COMPONENT_TEXT_ENCODER] && (xl || i == 0))
+            width += m->clip[i].hidden;
+    if (width && width != u.cross_dim)
+        return vf_error(VF_ERR_SHAPE,
+                        "%s: the unet cross-attends to %d-wide text states but the text encoder%s give%s %d "
+                        "(components of different models?)", m->path, u.cross_dim, xl ? "s" : "",
+                        xl ? "" : "s", width);
+    if (xl && m->present[VF_COMPONENT_TEXT_ENCODER_2] && m->clip[1].proj_dim != u.pooled_dim)
+        return vf_error(VF_ERR_SHAPE,
+                        "%s: the unet takes %d-wide pooled text embeddings but text_encoder_2 projects to %d "
+                        "(components of different models?)", m->path, u.pooled_dim, m->clip[1].proj_dim);
+    if (!m->present[VF_COMPONENT_VAE])
+        return VF_OK;
+    vf_vae_config v;
+    st = vf_vae_config_parse(vf_checkpoint_config(m->ck, VF_COMPONENT_VAE), &v);
+    if (st != VF_OK)
+        return vf_error_prefix(st, "%s", m->path);
+    if (v.latent_channels != u.out_channels)
+        return vf_error(VF_ERR_SHAPE, "%s: the vae decodes %d latent channels but the unet makes %d "
+                        "(components of different models?)", m->path, v.latent_channels, u.out_channels);
+    return VF_OK;
+}
+
 static vf_status open_components(vf_model *m)
 {
     for (int c = 0; c < VF_COMPONENT_COUNT; c++) {
@@ -141,7 +192,7 @@ static vf_status open_components(vf_model *m)
             return vf_error_prefix(st, "%s", m->path);
         VF_TRY(vf_bl_bind(&m->bl[c], m->ck));
     }
-    return VF_OK;
+    return check_components(m);
 }
 
 vf_status vf_model_open(const char *path, const vf_model_options *o, vf_model **out)
@@ -176,6 +227,12 @@ vf_status vf_model_open(const char *path, const vf_model_options *o, vf_model **
         goto fail;
     m->arch = vf_checkpoint_arch(m->ck);
     st = open_components(m);
+    if (st == VF_OK)
+        st = vf_model_backend_open(m, o);
+    if (st == VF_OK)
+        st = vf_mm_open(m, o->pipeline);
+    if (st == VF_OK && m->mm.opt.loading == VF_LOADING_EAGER)
+        st = vf_model_load(m);
     if (st != VF_OK)
         goto fail;
     *out = m;
@@ -189,10 +246,10 @@ void vf_model_close(vf_model *m)
 {
     if (!m)
         return;
-    for (int c = 0; c < VF_COMPONENT_COUNT; c++) {
-        vf_residency_free(m->res[c]);
+    vf_mm_close(m);
+    vf_model_backend_close(m);
+    for (int c = 0; c < VF_COMPONENT_COUNT; c++)
         vf_bl_free(&m->bl[c]);
-    }
     for (int i = 0; i < 2; i++)
         vf_tokenizer_free(m->tok[i]);
     vf_checkpoint_close(m->ck);
@@ -222,44 +279,51 @@ vf_status vf_model_component_info(const vf_model *m, vf_component c, vf_componen
     return VF_OK;
 }
 
-vf_status vf_model_residency(vf_model *m, vf_component c, vf_residency **out)
+/* Not beside the file nor given: the Hugging Face cache, or an error that
+ * lists every place looked and what to do. */
+static vf_status search_cache(const vf_model *m, int which, vf_tok_source *src)
 {
-    *out = NULL;
-    if (!m->present[c])
-        return vf_error(VF_ERR_NOT_FOUND, "%s: no %s component", m->path, vf_component_name(c));
-    if (!m->res[c]) {
-        vf_status st = vf_residency_create(m->ck, &m->bl[c], NULL, &m->res[c]);
-        if (st != VF_OK)
-            return vf_error_prefix(st, "%s: %s", m->path, vf_component_name(c));
-    }
-    *out = m->res[c];
-    return VF_OK;
+    const char *sub = which ? "tokenizer_2" : "tokenizer";
+    char looked[1400];
+    int found = 0;
+    char *d = dir_of(m->path);
+    snprintf(looked, sizeof looked, "%s/%s (beside the file)", d ? d : ".", sub);
+    vf_free(d);
+    VF_TRY(vf_tokenizer_find_cached(m->arch, which, src, &found, looked, sizeof looked));
+    if (found)
+        return VF_OK;
+    int xl = m->arch == VF_ARCH_SDXL;
+    return vf_error(VF_ERR_NOT_FOUND,
+                    "%s: no %s/ found for this single-file checkpoint (it carries none). Looked in: %s. "
+                    "Pass --tokenizer DIR (tokenizer_dir), a folder holding tokenizer/%s such as the model's "
+                    "diffusers folder, or fetch one into the cache: huggingface-cli download %s --include %s",
+                    m->path, sub, looked, xl ? " and tokenizer_2/" : "",
+                    xl ? "stabilityai/stable-diffusion-xl-base-1.0" : "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                    xl ? "'tokenizer/*' 'tokenizer_2/*'" : "'tokenizer/*'");
 }
 
-/* The path vf_tokenizer_load takes for tokenizer `which` (a new string). */
-static vf_status tokenizer_path(const vf_model *m, int which, char **out)
+/* Where tokenizer `which` comes from (see the top of this file). */
+static vf_status tokenizer_source(const vf_model *m, int which, vf_tok_source *src)
 {
     const char *root = m->tokenizer_root, *sub = which ? "tokenizer_2" : "tokenizer";
-    *out = NULL;
+    memset(src, 0, sizeof *src);
     if (!root)
-        return vf_error(VF_ERR_NOT_FOUND,
-                        "%s: no tokenizer found: a single-file checkpoint carries none and there is no "
-                        "tokenizer/ folder next to it; pass --tokenizer DIR (tokenizer_dir), a folder "
-                        "holding tokenizer/%s, such as the model's diffusers folder",
-                        m->path, m->arch == VF_ARCH_SDXL ? " and tokenizer_2/" : "");
+        return search_cache(m, which, src);
     char *p = vf_path_join(root, sub);
     if (!p)
         return vf_error_prefix(VF_ERR_NO_MEMORY, "%s", root);
     if (vf_is_dir(p)) {
-        *out = p;
+        src->path = p;
         return VF_OK;
     }
     vf_free(p);
     /* A tokenizer folder or a bpe .txt.gz given directly serves the first tokenizer. */
     if (which == 0 && (vf_is_file(root) || has_file(root, ".", "vocab.json"))) {
-        *out = vf_strdup(root);
-        return *out ? VF_OK : vf_error_prefix(VF_ERR_NO_MEMORY, "%s", root);
+        src->path = vf_strdup(root);
+        return src->path ? VF_OK : vf_error_prefix(VF_ERR_NO_MEMORY, "%s", root);
     }
+    if (m->tokenizer_search)
+        return search_cache(m, which, src);
     return vf_error(VF_ERR_NOT_FOUND, "%s: no %s/ folder for %s; pass --tokenizer DIR (tokenizer_dir), a "
                     "folder holding tokenizer/%s", root, sub, m->path,
                     m->arch == VF_ARCH_SDXL ? " and tokenizer_2/" : "");
@@ -271,10 +335,16 @@ vf_status vf_model_tokenizer(vf_model *m, int which, vf_tokenizer **out)
     if (which < 0 || which > 1)
         return vf_error(VF_ERR_INVALID_ARG, "tokenizer index %d", which);
     if (!m->tok[which]) {
-        char *p;
-        VF_TRY(tokenizer_path(m, which, &p));
-        vf_status st = vf_tokenizer_load(p, &m->tok[which]);
-        vf_free(p);
+        vf_tok_source src;
+        VF_TRY(tokenizer_source(m, which, &src));
+        vf_status st = vf_tokenizer_load(src.path, &m->tok[which]);
+        if (st == VF_OK && src.pad)
+            st = vf_tokenizer_set_pad(m->tok[which], src.pad);
+        if (st != VF_OK) {
+            vf_tokenizer_free(m->tok[which]);
+            m->tok[which] = NULL;
+        }
+        vf_free(src.path);
         VF_TRY(st);
     }
     *out = m->tok[which];

@@ -11,10 +11,57 @@
 #define VF_PIPELINE_MODEL_H
 
 #include "io/checkpoint.h"
+#include "mem/arena.h"
+#include "mem/device.h"
+#include "mem/planner.h"
 #include "mem/residency.h"
 #include "model/blocks.h"
 #include "model/clip.h"
+#include "model/exec.h"
+#include "model/unet.h"
+#include "model/vae.h"
 #include "vramfit.h"
+
+/* A request as plans see it (pipeline/memory.c): equal keys, equal plans. */
+typedef struct vf_mm_request {
+    int width, height;            /* pixels, resolved (never 0)                 */
+    int steps;
+    int cfg;                      /* 1: guidance (UNet batch 2)                 */
+} vf_mm_request;
+
+/* How one component is placed under the current plan. */
+typedef struct vf_mm_comp {
+    int on_device;                /* computes on m->mm.dev (else the CPU)       */
+    int per_stage;                /* residency freed after each use             */
+    vf_tier *home;                /* nblocks (device components)                */
+    int ring_depth;
+    uint64_t resident, ring;      /* arena bytes, as the arena rounds them      */
+    uint64_t act;                 /* activation reservation (rounded)           */
+    uint64_t act_off;
+    int has_act;
+} vf_mm_comp;
+
+/* The model's memory: device, plan, arena, placement (pipeline/memory.c). */
+typedef struct vf_mm {
+    vf_pipeline_options opt;      /* device points at spec                      */
+    char *spec;
+    vf_device *dev;               /* NULL: the CPU                              */
+    uint64_t context;             /* device context bytes                       */
+    uint64_t budget;              /* what plans must fit (context included)     */
+    uint64_t sim_bandwidth;
+    vf_plan *plan;
+    vf_mm_request key;            /* the plan's request                         */
+    uint64_t planned_budget;      /* the budget the plan was made for           */
+    vf_mm_comp comp[VF_COMPONENT_COUNT];
+    uint64_t arena_need;          /* persistent + the largest per-stage need    */
+    vf_arena *arena;
+    int replans;                  /* re-plans after a device failure, so far    */
+    int degraded;                 /* the plan is for less than the budget       */
+    char note[512];               /* why the last re-plan happened              */
+    /* test hook: residency traces per component */
+    vf_residency_trace *trace[VF_COMPONENT_COUNT];
+    int trace_cap[VF_COMPONENT_COUNT];
+} vf_mm;
 
 struct vf_model {
     char *path;
@@ -24,17 +71,70 @@ struct vf_model {
      * a tokenizer folder itself (vocab.json), or a bpe .txt.gz file; NULL when
      * none was given or found (encoding then fails, naming --tokenizer). */
     char *tokenizer_root;
+    /* A single file opened without tokenizer_dir: tokenizers missing beside it
+     * are looked for in the Hugging Face cache (pipeline/tokenizer_find.h). */
+    int tokenizer_search;
     vf_tokenizer *tok[2];                          /* lazily loaded               */
     int present[VF_COMPONENT_COUNT];
     vf_blocklist bl[VF_COMPONENT_COUNT];           /* bound, for present ones     */
     vf_residency *res[VF_COMPONENT_COUNT];         /* lazily created              */
     vf_clip_config clip[2];                        /* text_encoder, text_encoder_2 */
+    vf_mm mm;
+    /* Compute backend and, off the CPU, each component's backend-resident
+     * weights (pipeline/exec.c). */
+    vf_backend *be;
+    vf_wcache *wc[VF_COMPONENT_COUNT];
 };
 
-/* The component's residency, created on first use. VF_ERR_NOT_FOUND when the
- * component is absent. */
+/* The component's residency, created on first use as the model's plan places
+ * it (planning for the last request, or the default one, when there is no
+ * plan). VF_ERR_NOT_FOUND when the component is absent. A caller holds it only
+ * until vf_model_component_done or the next vf_model_residency of another
+ * component (a failed creation may re-plan and rebuild the others). */
 vf_status vf_model_residency(vf_model *m, vf_component c, vf_residency **out);
+/* The stage is done with the component: a per-stage residency is freed. */
+void vf_model_component_done(vf_model *m, vf_component c);
+
+/* ---- memory (pipeline/memory.c) ---- */
+
+/* Opens the device of o (NULL: defaults) into m->mm; EAGER loading is the
+ * caller's (vf_model_load) once the model is whole. */
+vf_status vf_mm_open(vf_model *m, const vf_pipeline_options *o);
+/* Frees residencies, arena, plan and device. */
+void vf_mm_close(vf_model *m);
+/* Makes the plan for rq current (re-planning, re-reserving and rebuilding
+ * only what changes). rq NULL: keep the current plan, or the default request. */
+vf_status vf_mm_prepare(vf_model *m, const vf_mm_request *rq);
+/* The request of a run of p (sizes resolved by the caller). */
+void vf_mm_request_make(vf_mm_request *rq, int width, int height, int steps, float guidance);
+/* Test hook: acquires of component c's next residency are traced into tr. */
+void vf_mm_set_trace(vf_model *m, vf_component c, vf_residency_trace *tr, int cap);
+/* The device (NULL for the CPU), for test hooks. */
+vf_device *vf_mm_device(vf_model *m);
 /* Tokenizer 0 (tokenizer/) or 1 (tokenizer_2/), loaded on first use. */
 vf_status vf_model_tokenizer(vf_model *m, int which, vf_tokenizer **out);
+
+/* ---- compute backend (pipeline/exec.c) ---- */
+
+/* Creates m->be from o->backend ("cpu", "cuda", "cuda:f16", "cuda:bf16"). */
+vf_status vf_model_backend_open(vf_model *m, const vf_model_options *o);
+/* Frees the weight caches and the backend. */
+void vf_model_backend_close(vf_model *m);
+/* Component c's execution context on the model's backend; r (the component's
+ * residency) is where CPU-backend weights come from. */
+vf_status vf_model_exec(vf_model *m, vf_component c, vf_residency *r, vf_exec *x);
+/* Off the CPU: uploads every present component's weights now. */
+vf_status vf_model_load_backend(vf_model *m);
+/* The stages' calls of the model code, on the model's backend. */
+vf_status vf_model_run_clip(vf_model *m, vf_component c, vf_residency *r, const int32_t *ids, float *last_hidden,
+                            float *penultimate, float *pooled_proj);
+vf_status vf_model_run_unet(vf_model *m, vf_residency *r, const vf_unet_config *cfg, const float *sample, int B,
+                            int H, int W, const float *timesteps, const float *context, int ctx_len,
+                            const float *text_embeds, const float *time_ids, float *out);
+vf_status vf_model_run_vae(vf_model *m, vf_residency *r, const vf_vae_config *cfg, const float *latents, int B,
+                           int h, int w, float *image);
+vf_backend *vf_model_backend(vf_model *m);
+/* Backend bytes held by uploaded weights (0 on the CPU). */
+uint64_t vf_model_backend_weight_bytes(const vf_model *m);
 
 #endif

@@ -802,6 +802,23 @@ void vf_tokenizer_special_ids(const vf_tokenizer *t, int32_t *bos, int32_t *eos,
 
 int32_t vf_tokenizer_vocab_size(const vf_tokenizer *t) { return t ? t->vocab_size : 0; }
 
+vf_status vf_tokenizer_set_pad(vf_tokenizer *t, const char *token)
+{
+    if (!t || !token || !token[0] || strlen(token) > MAX_ADDED_LEN)
+        return vf_error(VF_ERR_INVALID_ARG, "vf_tokenizer_set_pad: no tokenizer or a bad token");
+    int32_t id;
+    VF_TRY(special_id(t, "tokenizer", "pad_token", token, &id));
+    int known = 0;
+    for (int i = 0; i < t->nadded; i++)
+        known |= t->added[i].len == strlen(token) && memcmp(t->added[i].text, token, t->added[i].len) == 0;
+    if (!known && t->nadded == MAX_ADDED)
+        return vf_error(VF_ERR_UNSUPPORTED, "tokenizer: no room for pad token '%s'", token);
+    t->pad = id;
+    add_added(t, token, id);
+    cache_reset(t); /* pieces cached before may now split on the token */
+    return VF_OK;
+}
+
 /* ---- Unicode classes, as Python 3 and the regex module see them ----------------- */
 
 static int cat_in(uint32_t c, int a, int b)

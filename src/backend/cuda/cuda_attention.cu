@@ -1,7 +1,9 @@
 /* Attention of the CUDA backend.
  *
- * Head dims up to 128 (multiples of 8, 16-byte aligned operands) run the
- * flash kernel of flash_kernel.cuh, instantiated for a few padded head dims
+ * On Hopper (a build with sm_90a code), head dims up to 64 run the wgmma
+ * flash kernel of flash_wgmma.cuh. Otherwise head dims up to 128 (multiples
+ * of 8, 16-byte aligned operands) run the mma.sync flash kernel of
+ * flash_kernel.cuh, instantiated for a few padded head dims
  * (D is rounded up to the next instance; the padding is zero-filled in
  * shared memory and costs math, not memory traffic). Everything else (the
  * VAE's single 512-wide head, odd strides) takes the chunked path: per batch
@@ -39,12 +41,14 @@ vf_status launch_flash(cuda_be *be, const flash::params &p, int B)
     return launched(be, "flash attention kernel");
 }
 
+/* The sm_90a kernel: flashwg::attn_wg2, the schedule bench/flash_bench.cu
+ * measured fastest at the SDXL shapes. */
 template <typename T, int NWG, int BC>
-vf_status launch_wg(cuda_be *be, const flash::params &p, int B)
+vf_status launch_wg2(cuda_be *be, const flash::params &p, int B)
 {
-    typedef flashwg::shape<NWG, BC> S;
+    typedef flashwg::shape<NWG, BC, 2> S;
     static bool configured = false;
-    auto kern = flashwg::attn_wg<T, NWG, BC>;
+    auto kern = flashwg::attn_wg2<T, NWG, BC>;
     if (!configured) {
         CU_TRY(be, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, S::SMEM),
                "flash attention (wgmma) shared memory");
@@ -59,7 +63,7 @@ template <typename T>
 vf_status flash_dispatch(cuda_be *be, const flash::params &p, int B)
 {
     if (be->attn_wgmma && p.D <= 64)
-        return launch_wg<T, 2, 128>(be, p, B);
+        return launch_wg2<T, 1, 128>(be, p, B);
     if (p.D <= 32)
         return launch_flash<T, 32, 64, 2, 4, true>(be, p, B);
     if (p.D <= 64)

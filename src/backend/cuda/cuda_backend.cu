@@ -11,6 +11,15 @@
  *
  * Two non-blocking streams: compute (every op, in issue order) and copy
  * (h2d_async: weight streaming). Ordering between them is by events only.
+ *
+ * vf_be_alloc / vf_be_free are stream-ordered (cudaMallocFromPoolAsync /
+ * cudaFreeAsync on the compute stream) from a pool of our own that keeps
+ * what it reserved (release threshold: never): model code frees activations
+ * right after their last reader is queued, and the next allocation reuses
+ * that memory in stream order without synchronising the device, as a plan
+ * from lifetimes would. The pool's used / reserved high-water marks are the
+ * backend's peak (mem_stats). A buffer used on the copy stream must be
+ * freed only after an event from that stream was waited on by compute.
  */
 #include "cuda_common.cuh"
 
@@ -44,6 +53,8 @@ void be_destroy(cuda_be *be)
         cudaFree(be->scratch2.p);
     if (be->order)
         cudaEventDestroy(be->order);
+    if (be->pool)
+        cudaMemPoolDestroy(be->pool);
     if (be->compute)
         cudaStreamDestroy(be->compute);
     if (be->copy)
@@ -64,21 +75,42 @@ static void cb_mem_info(void *impl, uint64_t *total, uint64_t *free_, uint64_t *
         f = t = 0;
     *total = t;
     *free_ = f;
-    *workspace = be->lt_ws_bytes + be->xfer.bytes + be->scratch.bytes + be->scratch2.bytes;
+    *workspace = be->lt_ws_bytes + be->xfer.bytes + be->scratch.bytes + be->scratch2.bytes + cuda_conv_workspace(be);
 }
 
 static vf_status cb_alloc(void *impl, size_t bytes, void **p)
 {
     cuda_be *be = (cuda_be *)impl;
-    CU_TRY(be, cudaMalloc(p, bytes), "cudaMalloc");
+    CU_TRY(be, cudaMallocFromPoolAsync(p, bytes, be->pool, be->compute), "cudaMallocFromPoolAsync");
     be->alloc_bytes += bytes;
     return VF_OK;
 }
 
 static void cb_free(void *impl, void *p)
 {
-    /* cudaFree synchronises the device: queued work on p has finished. */
-    cudaFree(p);
+    /* Stream-ordered: work queued on p before this still sees it. */
+    cuda_be *be = (cuda_be *)impl;
+    cudaFreeAsync(p, be->compute);
+}
+
+static void cb_mem_stats(void *impl, vf_be_mem_stats *s, int reset_peak)
+{
+    cuda_be *be = (cuda_be *)impl;
+    uint64_t v[4] = {0, 0, 0, 0};
+    const cudaMemPoolAttr a[4] = {cudaMemPoolAttrUsedMemCurrent, cudaMemPoolAttrUsedMemHigh,
+                                  cudaMemPoolAttrReservedMemCurrent, cudaMemPoolAttrReservedMemHigh};
+    for (int i = 0; i < 4; i++)
+        cudaMemPoolGetAttribute(be->pool, a[i], &v[i]);
+    s->in_use = v[0];
+    s->peak = v[1];
+    s->reserved = v[2];
+    s->reserved_peak = v[3];
+    s->workspace = be->lt_ws_bytes + be->xfer.bytes + be->scratch.bytes + be->scratch2.bytes + cuda_conv_workspace(be);
+    if (reset_peak) {
+        uint64_t zero = 0;
+        cudaMemPoolSetAttribute(be->pool, cudaMemPoolAttrUsedMemHigh, &zero);
+        cudaMemPoolSetAttribute(be->pool, cudaMemPoolAttrReservedMemHigh, &zero);
+    }
 }
 
 static vf_status cb_upload(void *impl, void *dst, const void *src, vf_dtype t, size_t n)
@@ -156,6 +188,7 @@ static const vf_backend_ops cuda_ops = {
     cb_elapsed_ms,   cuda_linear,            cuda_conv2d,  cuda_groupnorm,   cuda_layernorm,
     cuda_act,        cuda_geglu,             cuda_add,     cuda_axpby,       cuda_attention,
     cuda_upsample2x, cuda_concat,            cuda_fm_copy, cuda_fm_copy,     cuda_timestep_embedding,
+    cb_mem_stats,
 };
 
 static vf_status open_device(cuda_be *be, const vf_backend_open_args *a, vf_backend_info *info)
@@ -173,6 +206,14 @@ static vf_status open_device(cuda_be *be, const vf_backend_open_args *a, vf_back
     CU_TRY(be, cudaStreamCreateWithFlags(&be->compute, cudaStreamNonBlocking), "compute stream");
     CU_TRY(be, cudaStreamCreateWithFlags(&be->copy, cudaStreamNonBlocking), "copy stream");
     CU_TRY(be, cudaEventCreateWithFlags(&be->order, cudaEventDisableTiming), "event");
+    cudaMemPoolProps pp;
+    memset(&pp, 0, sizeof pp);
+    pp.allocType = cudaMemAllocationTypePinned;
+    pp.location.type = cudaMemLocationTypeDevice;
+    pp.location.id = be->device;
+    CU_TRY(be, cudaMemPoolCreate(&be->pool, &pp), "cudaMemPoolCreate");
+    uint64_t keep = ~(uint64_t)0;
+    CU_TRY(be, cudaMemPoolSetAttribute(be->pool, cudaMemPoolAttrReleaseThreshold, &keep), "memory pool threshold");
     k_probe<<<1, 1, 0, be->compute>>>(NULL);
     CU_TRY(be, cudaGetLastError(), "probe kernel (this build has no code for the device?)");
     CU_TRY(be, cudaStreamSynchronize(be->compute), "probe kernel");

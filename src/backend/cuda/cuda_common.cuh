@@ -50,7 +50,8 @@ typedef struct cuda_be {
     cuda_buf xfer;                  /* upload / download staging (device)     */
     cuda_buf scratch;               /* im2col, attention fallback, stats      */
     cuda_buf scratch2;
-    uint64_t alloc_bytes;           /* live vf_be_alloc bytes                 */
+    uint64_t alloc_bytes;           /* vf_be_alloc bytes asked for so far      */
+    cudaMemPool_t pool;             /* vf_be_alloc's stream-ordered pool       */
     int attn_wgmma;                 /* the sm_90a flash kernel is usable      */
     int attn_mode;                  /* 0 best, 1 mma.sync only, 2 chunked     */
     char err[512];
@@ -180,6 +181,8 @@ vf_status cuda_act_inplace(cuda_be *be, void *x, size_t n, int act);
 /* cuda_conv.cu */
 vf_status cuda_conv_init(cuda_be *be, char *features, size_t cap);
 void cuda_conv_free(cuda_be *be);
+/* Bytes of the cuDNN workspace held now. */
+size_t cuda_conv_workspace(const cuda_be *be);
 vf_status cuda_conv2d(void *impl, void *y, const void *x, const void *w, const void *b, const void *r, int B,
                       int C, int H, int W, int OC, int KH, int KW, int stride, int pad);
 

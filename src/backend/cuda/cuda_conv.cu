@@ -1,6 +1,7 @@
 /* Convolutions of the CUDA backend, NHWC activations and OHWI filters.
  *
- * Two paths, chosen per process ($VF_CUDA_CONV = cudnn | cudnn-find | im2col):
+ * Two paths ($VF_CUDA_CONV = cudnn | cudnn-find | im2col forces one; by
+ * default each shape takes whichever measured faster at its first use):
  * - cuDNN, loaded with dlopen ("libcudnn.so.9") rather than linked, so that
  *   a machine with the driver and cuBLAS but no cuDNN still gets the backend.
  *   The legacy descriptor API is enough for fixed-shape forward convolutions;
@@ -27,7 +28,7 @@
 #define IM2COL_BYTES ((size_t)96 << 20)
 #define CUDNN_WS_MAX ((size_t)512 << 20)
 
-enum { CONV_IM2COL = 0, CONV_CUDNN, CONV_CUDNN_FIND };
+enum { CONV_IM2COL = 0, CONV_CUDNN, CONV_CUDNN_FIND, CONV_AUTO };
 
 #if defined(VF_HAVE_CUDNN)
 #define CUDNN_FUNCS(X)                                                                                          \
@@ -51,6 +52,7 @@ struct conv_entry {
     cudnnConvolutionDescriptor_t cd;
     cudnnConvolutionFwdAlgo_t algo;
     size_t ws;
+    int im2col;                     /* auto mode measured im2col faster        */
 };
 #endif
 
@@ -93,6 +95,9 @@ __global__ void k_im2col(U *col, const U *x, int C, int H, int W, int KH, int KW
 }
 
 } // namespace
+
+static vf_status conv_im2col(cuda_be *be, void *y, const void *x, const void *w, const void *b, const void *r, int B,
+                             int C, int H, int W, int OC, int KH, int KW, int stride, int pad);
 
 #if defined(VF_HAVE_CUDNN)
 static vf_status dnn_check(cuda_be *be, cudnnStatus_t s, const char *what)
@@ -215,6 +220,59 @@ static void entry_clear(cuda_conv_state *s, conv_entry *e)
     memset(e, 0, sizeof *e);
 }
 
+static vf_status cudnn_run(cuda_be *be, conv_entry *e, void *y, const void *x, const void *w, float beta)
+{
+    cuda_conv_state *s = be->conv;
+    float alpha = 1.0f;
+    if (e->ws)
+        VF_TRY(buf_reserve(be, &s->ws, e->ws, "cuDNN workspace"));
+    DNN_TRY(be, s->cudnnConvolutionForward(s->h, &alpha, e->x, x, e->w, w, e->cd, e->algo, s->ws.p, e->ws, &beta,
+                                           e->y, y),
+            "cudnnConvolutionForward");
+    return VF_OK;
+}
+
+/* Auto mode, first use of a shape: times cuDNN's choice against im2col +
+ * cuBLASLt on this shape (best of 3 after a warm-up) and keeps the faster.
+ * One synchronisation per shape, never again. The trials write into out, the
+ * convolution's own output when that is overwritten afterwards anyway (no
+ * accumulation), so that timing a large shape (the VAE's full-resolution
+ * maps) does not leave an output-sized scratch buffer behind. */
+static vf_status pick_path(cuda_be *be, conv_entry *e, void *out, const void *x, const void *w, const conv_key *k)
+{
+    int OH = (k->H + 2 * k->pad - k->KH) / k->stride + 1, OW = (k->W + 2 * k->pad - k->KW) / k->stride + 1;
+    if (!out) {
+        VF_TRY(buf_reserve(be, &be->scratch2, (size_t)k->B * k->OC * OH * OW * 2, "convolution timing output"));
+        out = be->scratch2.p;
+    }
+    cudaEvent_t ev[2];
+    float best[2] = {1e30f, 1e30f};
+    CU_TRY(be, cudaEventCreate(&ev[0]), "event");
+    if (cudaEventCreate(&ev[1]) != cudaSuccess) {
+        cudaEventDestroy(ev[0]);
+        return be_fail(be, VF_ERR_DEVICE, "cudaEventCreate failed");
+    }
+    vf_status st = VF_OK;
+    for (int path = 0; path < 2 && st == VF_OK; path++) {
+        for (int rep = 0; rep < 4 && st == VF_OK; rep++) {
+            cudaEventRecord(ev[0], be->compute);
+            st = path == 0 ? cudnn_run(be, e, out, x, w, 0.0f)
+                           : conv_im2col(be, out, x, w, NULL, NULL, k->B, k->C, k->H, k->W, k->OC, k->KH,
+                                         k->KW, k->stride, k->pad);
+            cudaEventRecord(ev[1], be->compute);
+            float ms = 0.0f;
+            if (st == VF_OK)
+                st = cu_check(be, cudaEventSynchronize(ev[1]), "convolution timing");
+            if (st == VF_OK && cudaEventElapsedTime(&ms, ev[0], ev[1]) == cudaSuccess && rep > 0 && ms < best[path])
+                best[path] = ms;
+        }
+    }
+    cudaEventDestroy(ev[0]);
+    cudaEventDestroy(ev[1]);
+    e->im2col = best[1] < best[0];
+    return st;
+}
+
 static vf_status conv_cudnn(cuda_be *be, void *y, const void *x, const void *w, const void *b, const void *r,
                             const conv_key *k)
 {
@@ -228,21 +286,20 @@ static vf_status conv_cudnn(cuda_be *be, void *y, const void *x, const void *w, 
         s->next = (s->next + 1) % CONV_CACHE;
         entry_clear(s, e);
         vf_status st = entry_build(be, e, k, x, w);
+        if (st == VF_OK && s->mode == CONV_AUTO)
+            st = pick_path(be, e, r == y ? NULL : y, x, w, k);
         if (st != VF_OK) {
             entry_clear(s, e);
             return st;
         }
     }
+    if (e->im2col)
+        return conv_im2col(be, y, x, w, b, r, k->B, k->C, k->H, k->W, k->OC, k->KH, k->KW, k->stride, k->pad);
     int OH = (k->H + 2 * k->pad - k->KH) / k->stride + 1, OW = (k->W + 2 * k->pad - k->KW) / k->stride + 1;
     size_t rows = (size_t)k->B * OH * OW;
     if (r && r != y)
         CU_TRY(be, cudaMemcpyAsync(y, r, rows * k->OC * 2, cudaMemcpyDeviceToDevice, be->compute), "residual copy");
-    if (e->ws)
-        VF_TRY(buf_reserve(be, &s->ws, e->ws, "cuDNN workspace"));
-    float alpha = 1.0f, beta = r ? 1.0f : 0.0f;
-    DNN_TRY(be, s->cudnnConvolutionForward(s->h, &alpha, e->x, x, e->w, w, e->cd, e->algo, s->ws.p, e->ws, &beta,
-                                           e->y, y),
-            "cudnnConvolutionForward");
+    VF_TRY(cudnn_run(be, e, y, x, w, r ? 1.0f : 0.0f));
     return cuda_bias_residual(be, y, b, NULL, rows, k->OC);
 }
 #endif
@@ -265,15 +322,28 @@ vf_status cuda_conv_init(cuda_be *be, char *features, size_t cap)
         snprintf(features, cap, "conv:im2col (no cuDNN: %.120s)", why);
         return VF_OK;
     }
-    be->conv->mode = env && strcmp(env, "cudnn-find") == 0 ? CONV_CUDNN_FIND : CONV_CUDNN;
+    be->conv->mode = !env ? CONV_AUTO
+                          : strcmp(env, "cudnn-find") == 0 ? CONV_CUDNN_FIND
+                          : strcmp(env, "cudnn") == 0      ? CONV_CUDNN
+                                                           : CONV_AUTO;
     size_t v = be->conv->cudnnGetVersion();
-    snprintf(features, cap, "conv:cudnn-%zu.%zu%s", v / 10000, (v / 100) % 100,
-             be->conv->mode == CONV_CUDNN_FIND ? "-find" : "");
+    static const char *const names[] = {"", "", "-find", "+im2col-auto"};
+    snprintf(features, cap, "conv:cudnn-%zu.%zu%s", v / 10000, (v / 100) % 100, names[be->conv->mode]);
 #else
     (void)env;
     snprintf(features, cap, "conv:im2col (built without cuDNN)");
 #endif
     return VF_OK;
+}
+
+size_t cuda_conv_workspace(const cuda_be *be)
+{
+#if defined(VF_HAVE_CUDNN)
+    return be->conv ? be->conv->ws.bytes : 0;
+#else
+    (void)be;
+    return 0;
+#endif
 }
 
 void cuda_conv_free(cuda_be *be)
