@@ -153,6 +153,25 @@ def tokenizer_seeds():
     put("tokenizer", "nul_inside", b"before\x00after")
 
 
+def tokenizer_files_seeds(sd15):
+    # vocab.json NUL merges.txt [NUL tokenizer_config.json]
+    tok = os.path.join(sd15, "tokenizer")
+    vocab = json.loads(read(os.path.join(tok, "vocab.json")))
+    put("tokenizer_files", "synth", json.dumps(vocab, separators=(",", ":")).encode() + b"\0" +
+        read(os.path.join(tok, "merges.txt")) + b"\0" + read(os.path.join(tok, "tokenizer_config.json")))
+    put("tokenizer_files", "synth_no_config", json.dumps(vocab, separators=(",", ":")).encode() + b"\0" +
+        read(os.path.join(tok, "merges.txt")))
+    small = {"a": 0, "b": 1, "c": 2, "a</w>": 3, "b</w>": 4, "c</w>": 5, "ab": 6, "ab</w>": 7,
+             "<|startoftext|>": 8, "<|endoftext|>": 9}
+    put("tokenizer_files", "small", json.dumps(small).encode() + b"\0#version: 0.2\na b\na b</w>\n")
+    put("tokenizer_files", "pad_bang", json.dumps(dict(small, **{"!": 10})).encode() +
+        b"\0#version: 0.2\na b\n\0" + json.dumps({"pad_token": "!", "bos_token": "<|startoftext|>",
+                                                     "eos_token": {"content": "<|endoftext|>"}}).encode())
+    put("tokenizer_files", "bad_merge", json.dumps(small).encode() + b"\0#version: 0.2\nx y\na\n a b c\n")
+    put("tokenizer_files", "bad_ids", b'{"a":-1,"b":1.5,"c":"x","<|endoftext|>":99999999999}\0')
+    put("tokenizer_files", "dup_ids", b'{"a":0,"b":0,"<|startoftext|>":1,"<|endoftext|>":1}\0a b\n')
+
+
 def main():
     if len(sys.argv) != 4:
         sys.exit(__doc__)
@@ -161,6 +180,7 @@ def main():
     json_config_seeds(shared, sd15, sdxl)
     model_index_seeds(shared, sd15, sdxl)
     tokenizer_seeds()
+    tokenizer_files_seeds(sd15)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,22 @@
 #include "core/error.h"
 
 #include <dlfcn.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
+
+typedef struct prof_entry {
+    const char *label;
+    void *a, *b;                    /* events around the op                    */
+} prof_entry;
+
+typedef struct prof {
+    int on;
+    prof_entry *e;
+    int n, cap;
+} prof;
+
+static void prof_free(vf_backend *be);
 
 struct vf_backend {
     const vf_backend_ops *ops;
@@ -23,6 +37,7 @@ struct vf_backend {
     size_t esize;
     void *dl;                       /* the plugin's dlopen handle, or NULL     */
     uint64_t h2d, d2h;              /* host link bytes (vf_be_link_bytes)      */
+    prof prof;                      /* the op profiler                         */
 };
 
 void vf_backend_options_init(vf_backend_options *o)
@@ -103,8 +118,10 @@ void vf_backend_free(vf_backend *be)
 {
     if (!be)
         return;
-    if (be->ops)
+    if (be->ops) {
+        prof_free(be);
         be->ops->destroy(be->impl);
+    }
     if (be->dl)
         dlclose(be->dl);
     vf_free(be);
@@ -150,13 +167,112 @@ static vf_status fail(vf_backend *be, vf_status st, const char *op)
     return vf_error(st, "%s backend: %s: %s", be->info.name, op, m && m[0] ? m : "failed");
 }
 
-#define CALL(be, op, ...)                                     \
-    do {                                                      \
-        vf_status st_ = (be)->ops->op((be)->impl, __VA_ARGS__); \
-        if (st_ != VF_OK)                                     \
-            return fail((be), st_, #op);                      \
-        return VF_OK;                                         \
+/* Op calls: with the profiler on (vf_be_profile_begin) each is bracketed by
+ * two events on the compute stream, under label. */
+#define CALLN(be, label, op, ...)                                 \
+    do {                                                          \
+        int pi_ = prof_start((be), (label));                      \
+        vf_status st_ = (be)->ops->op((be)->impl, __VA_ARGS__);   \
+        prof_stop((be), pi_);                                     \
+        if (st_ != VF_OK)                                         \
+            return fail((be), st_, #op);                          \
+        return VF_OK;                                             \
     } while (0)
+#define CALL(be, op, ...) CALLN(be, #op, op, __VA_ARGS__)
+/* Event ops themselves are never profiled. */
+#define CALL0(be, op, ...)                                        \
+    do {                                                          \
+        vf_status st_ = (be)->ops->op((be)->impl, __VA_ARGS__);   \
+        if (st_ != VF_OK)                                         \
+            return fail((be), st_, #op);                          \
+        return VF_OK;                                             \
+    } while (0)
+
+/* The op profiler: entries of (label, start event, end event), events reused. */
+static int prof_start(vf_backend *be, const char *label)
+{
+    prof *p = &be->prof;
+    if (!p->on)
+        return -1;
+    if (p->n == p->cap) {
+        int cap = p->cap ? 2 * p->cap : 1024;
+        prof_entry *e = vf_realloc(p->e, sizeof *e * (size_t)cap);
+        if (!e) {
+            vf_clear_error();
+            return -1;
+        }
+        memset(e + p->cap, 0, sizeof *e * (size_t)(cap - p->cap));
+        p->e = e;
+        p->cap = cap;
+    }
+    prof_entry *e = &p->e[p->n];
+    if ((!e->a && be->ops->event_create(be->impl, &e->a) != VF_OK) ||
+        (!e->b && be->ops->event_create(be->impl, &e->b) != VF_OK) ||
+        be->ops->record(be->impl, e->a, VF_STREAM_COMPUTE) != VF_OK)
+        return -1;
+    e->label = label;
+    return p->n++;
+}
+
+static void prof_stop(vf_backend *be, int i)
+{
+    if (i >= 0)
+        (void)be->ops->record(be->impl, be->prof.e[i].b, VF_STREAM_COMPUTE);
+}
+
+static void prof_free(vf_backend *be)
+{
+    for (int i = 0; i < be->prof.cap; i++) {
+        if (be->prof.e[i].a)
+            be->ops->event_destroy(be->impl, be->prof.e[i].a);
+        if (be->prof.e[i].b)
+            be->ops->event_destroy(be->impl, be->prof.e[i].b);
+    }
+    vf_free(be->prof.e);
+    memset(&be->prof, 0, sizeof be->prof);
+}
+
+void vf_be_profile_begin(vf_backend *be)
+{
+    be->prof.on = 1;
+    be->prof.n = 0;
+}
+
+vf_status vf_be_profile_end(vf_backend *be, vf_be_prof_row *rows, int cap, int *nrows)
+{
+    prof *p = &be->prof;
+    int n = 0;
+    p->on = 0;
+    *nrows = 0;
+    VF_TRY(vf_be_sync(be));
+    for (int i = 0; i < p->n; i++) {
+        float ms = 0;
+        if (be->ops->elapsed_ms(be->impl, p->e[i].a, p->e[i].b, &ms) != VF_OK)
+            return fail(be, VF_ERR_DEVICE, "profile");
+        int r = 0;
+        while (r < n && strcmp(rows[r].op, p->e[i].label) != 0)
+            r++;
+        if (r == n) {
+            if (n == cap)
+                continue;
+            memset(&rows[n], 0, sizeof rows[n]);
+            snprintf(rows[n].op, sizeof rows[n].op, "%s", p->e[i].label);
+            n++;
+        }
+        rows[r].calls++;
+        rows[r].ms += ms;
+    }
+    /* by time, largest first (few rows: insertion sort) */
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && rows[j].ms > rows[j - 1].ms; j--) {
+            vf_be_prof_row t = rows[j];
+            rows[j] = rows[j - 1];
+            rows[j - 1] = t;
+        }
+    p->n = 0;
+    *nrows = n;
+    return VF_OK;
+}
 
 static vf_status bad(const char *op, const char *what)
 {
@@ -324,25 +440,25 @@ void vf_be_event_destroy(vf_backend *be, vf_bevent *ev)
 vf_status vf_be_record(vf_backend *be, vf_bevent *ev, vf_stream s)
 {
     PTRS("record", ev);
-    CALL(be, record, ev, s);
+    CALL0(be, record, ev, s);
 }
 
 vf_status vf_be_wait(vf_backend *be, vf_stream s, vf_bevent *ev)
 {
     PTRS("wait", ev);
-    CALL(be, wait, s, ev);
+    CALL0(be, wait, s, ev);
 }
 
 vf_status vf_be_event_sync(vf_backend *be, vf_bevent *ev)
 {
     PTRS("event_sync", ev);
-    CALL(be, event_sync, ev);
+    CALL0(be, event_sync, ev);
 }
 
 vf_status vf_be_elapsed_ms(vf_backend *be, vf_bevent *start, vf_bevent *end, float *ms)
 {
     PTRS("elapsed_ms", start, end, ms);
-    CALL(be, elapsed_ms, start, end, ms);
+    CALL0(be, elapsed_ms, start, end, ms);
 }
 
 /* ---- compute ----------------------------------------------------------------------- */
@@ -376,7 +492,8 @@ vf_status vf_be_conv2d(vf_backend *be, vf_dbuf *y, const vf_dbuf *x, const vf_db
     DIMS(be, "conv2d", B, OC, OH, OW);
     if ((const void *)y == (const void *)x || (r && (const void *)r == (const void *)x))
         return bad("conv2d", "y and r must not alias x");
-    CALL(be, conv2d, y, x, w, b, r, B, C, H, W, OC, KH, KW, stride, pad);
+    CALLN(be, KH == 1 && KW == 1 ? "conv1x1" : "conv3x3+", conv2d, y, x, w, b, r, B, C, H, W, OC, KH, KW,
+          stride, pad);
 }
 
 vf_status vf_be_groupnorm(vf_backend *be, vf_dbuf *y, const vf_dbuf *x, const vf_dbuf *gamma,
@@ -448,7 +565,8 @@ vf_status vf_be_attention(vf_backend *be, vf_dbuf *o, const vf_dbuf *q, const vf
     DIMS(be, "attention", B, Lq, ldq);
     DIMS(be, "attention", B, Lk, ldk > ldv ? ldk : ldv);
     DIMS(be, "attention", B, Lq, ldo);
-    CALL(be, attention, o, q, k, v, B, Lq, Lk, H, D, ldq, ldk, ldv, ldo, causal ? 1 : 0, scale);
+    CALLN(be, Lq == Lk ? "attention" : "attention(cross)", attention, o, q, k, v, B, Lq, Lk, H, D, ldq, ldk,
+          ldv, ldo, causal ? 1 : 0, scale);
 }
 
 vf_status vf_be_upsample2x(vf_backend *be, vf_dbuf *y, const vf_dbuf *x, int B, int C, int H, int W)

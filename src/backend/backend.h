@@ -128,6 +128,18 @@ void vf_be_mem_stats_get(vf_backend *be, vf_be_mem_stats *s, int reset_peak);
  * since the backend was created (source bytes as given / float32 bytes out). */
 void vf_be_link_bytes(const vf_backend *be, uint64_t *h2d, uint64_t *d2h);
 
+/* Op profiler: between begin and end every op is bracketed by two events on
+ * the compute stream (device time, some launch overhead added); end waits,
+ * sums the times per op label ("linear", "conv3x3+", "conv1x1", "attention",
+ * "attention(cross)", "groupnorm", ...) into rows, largest first. */
+typedef struct vf_be_prof_row {
+    char op[24];
+    int calls;
+    double ms;
+} vf_be_prof_row;
+void vf_be_profile_begin(vf_backend *be);
+vf_status vf_be_profile_end(vf_backend *be, vf_be_prof_row *rows, int cap, int *n);
+
 /* ---- memory and transfers ----------------------------------------------------- */
 
 /* n elements of the compute dtype (n = 0 gives a valid 1-element buffer). */

@@ -42,6 +42,7 @@ static void on_sigint(int sig)
 typedef struct gen_args {
     const char *model, *prompt, *negative, *tokenizer, *config, *dump, *output;
     const char *steps, *cfg, *width, *height, *seed, *sampler;
+    const char *backend;          /* --backend cpu|cuda[:f16|:bf16] */
     int quiet;
     vf_gen_mem_args mem;          /* --device, --vram-budget, ... (gen_memory.h) */
     vf_gen_report_args rep;       /* --prompt-syntax, --preview, --json (gen_report.h) */
@@ -57,7 +58,7 @@ static void gen_usage(FILE *f)
             "                        [--prompt-syntax a1111|plain|diffusers] [--preview N]\n"
             "                        [--preview-output FILE] [--json]\n"
             "                        [--device DEV] [--vram-budget SIZE] [--offload MODE]\n"
-            "                        [--loading MODE] [--dtype POLICY] [--stats]\n"
+            "                        [--loading MODE] [--dtype POLICY] [--stats] [--backend B]\n"
             "                        --output FILE.png\n\n"
             "Generates an image from a prompt on the CPU (float32), the way diffusers'\n"
             "StableDiffusion(XL)Pipeline does: the same seed gives the same image.\n\n"
@@ -77,6 +78,8 @@ static void gen_usage(FILE *f)
             "                    cache ($HF_HOME/hub or ~/.cache/huggingface/hub)\n"
             "  --config DIR      diffusers folder whose configs describe a single file\n"
             "  --dump FILE       also write every intermediate tensor (safetensors)\n"
+            "  --backend B       cpu (default, float32) or cuda, cuda:f16, cuda:bf16: compute on\n"
+            "                    the GPU through libvramfit-cuda.so, all weights resident\n"
             "  --quiet           no progress output\n"
             "  --output FILE     the PNG to write\n\n"
             "Exit status: 0 done, 1 failed (the message says why), 2 bad usage,\n"
@@ -91,10 +94,10 @@ static int parse_args(int argc, char **argv, gen_args *a)
 {
     static const char *const names[] = {"--model", "--prompt", "--negative", "--tokenizer", "--config",
                                         "--dump", "--output", "--steps", "--cfg", "--width",
-                                        "--height", "--seed", "--sampler"};
+                                        "--height", "--seed", "--sampler", "--backend"};
     const char **slots[] = {&a->model, &a->prompt, &a->negative, &a->tokenizer, &a->config,
                             &a->dump, &a->output, &a->steps, &a->cfg, &a->width,
-                            &a->height, &a->seed, &a->sampler};
+                            &a->height, &a->seed, &a->sampler, &a->backend};
     const int nopt = (int)(sizeof names / sizeof names[0]);
     memset(a, 0, sizeof *a);
     for (int i = 0; i < argc; i++) {
@@ -291,6 +294,7 @@ static int run(const gen_args *a, vf_generate_params *p, int random)
     vf_model_options_init(&o);
     o.tokenizer_dir = a->tokenizer;
     o.config_dir = a->config;
+    o.backend = a->backend;
     if (vf_gen_mem_options(&a->mem, &po))
         return VF_EXIT_USAGE;
     o.pipeline = &po;

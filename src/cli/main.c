@@ -13,6 +13,7 @@ static const vf_cli_command g_commands[] = {
     {"generate", "generate an image from a prompt (PNG)", vf_cmd_generate},
     {"synth", "write a diffusers model with deterministic random weights", vf_cmd_synth},
     {"plan", "show the memory plan for a model and request, without running", vf_cmd_plan},
+    {"bench", "time a model's stages and steps, with peak memory and link traffic", vf_cmd_bench},
 };
 
 int vf_cli_fail(vf_status st)

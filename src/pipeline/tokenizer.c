@@ -173,7 +173,7 @@ static int32_t sym_find(const vf_tokenizer *t, const char *s, size_t len, uint32
         if (k < 0)
             return -1;
         const tok_sym *y = &t->syms[k];
-        if (y->hash == h && y->len == len && memcmp(t->arena + y->off, s, len) == 0)
+        if (y->hash == h && y->len == len && (len == 0 || memcmp(t->arena + y->off, s, len) == 0))
             return k;
     }
 }
@@ -187,6 +187,9 @@ static vf_status arena_add(vf_tokenizer *t, const char *s, size_t len, uint32_t 
 {
     if (len > UINT32_MAX - t->arena_len)
         return vf_error(VF_ERR_FORMAT, "vocabulary strings exceed 4 GiB");
+    *off = (uint32_t)t->arena_len;
+    if (len == 0)
+        return VF_OK; /* an empty token ("" in vocab.json): nothing to copy, arena maybe not yet made */
     if (t->arena_len + len > t->arena_cap) {
         size_t cap = t->arena_cap ? 2 * t->arena_cap : 1 << 16;
         while (cap < t->arena_len + len)
@@ -198,7 +201,6 @@ static vf_status arena_add(vf_tokenizer *t, const char *s, size_t len, uint32_t 
         t->arena_cap = cap;
     }
     memcpy(t->arena + t->arena_len, s, len);
-    *off = (uint32_t)t->arena_len;
     t->arena_len += len;
     return VF_OK;
 }

@@ -21,7 +21,7 @@
 
 #include <math.h>
 
-#define ATTN_WS ((size_t)192 << 20)
+#define ATTN_WS ((size_t)64 << 20)
 
 namespace {
 
@@ -131,11 +131,13 @@ vf_status attention_chunked(cuda_be *be, void *o, const void *q, const void *k, 
     if (cq > (size_t)Lq)
         cq = (size_t)Lq;
     size_t sbytes = (size_t)H * cq * Lk * sizeof(float);
-    VF_TRY(buf_reserve(be, &be->scratch, sbytes + (size_t)H * cq * Lk * 2 + 256, "attention workspace"));
-    float *S = (float *)be->scratch.p;
-    void *P = (char *)be->scratch.p + ((sbytes + 255) & ~(size_t)255);
+    void *ws = NULL;
+    VF_TRY(pool_get(be, sbytes + (size_t)H * cq * Lk * 2 + 256, &ws, "attention workspace"));
+    float *S = (float *)ws;
+    void *P = (char *)ws + ((sbytes + 255) & ~(size_t)255);
     cudaDataType_t t = cuda_dtype(be->dtype);
     const float zero = 0.0f, one = 1.0f;
+    auto run = [&]() -> vf_status {
     for (int b = 0; b < B; b++) {
         for (int q0 = 0; q0 < Lq; q0 += (int)cq) {
             int n = Lq - q0 < (int)cq ? Lq - q0 : (int)cq;
@@ -158,6 +160,10 @@ vf_status attention_chunked(cuda_be *be, void *o, const void *q, const void *k, 
         }
     }
     return VF_OK;
+    };
+    vf_status st = run();
+    pool_put(be, ws);
+    return st;
 }
 
 inline bool a16(const void *p) { return ((uintptr_t)p & 15u) == 0; }

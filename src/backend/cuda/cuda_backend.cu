@@ -230,11 +230,11 @@ static vf_status open_device(cuda_be *be, const vf_backend_open_args *a, vf_back
     info->fm_layout = VF_LAYOUT_NHWC;
     info->filter_layout = VF_FILTER_OHWI;
     snprintf(info->name, sizeof info->name, "cuda");
-    snprintf(info->device, sizeof info->device, "%s", be->prop.name);
+    snprintf(info->device, sizeof info->device, "%.127s", be->prop.name);
     info->cc_major = be->prop.major;
     info->cc_minor = be->prop.minor;
     info->multiprocessors = be->prop.multiProcessorCount;
-    snprintf(info->features, sizeof info->features, "cudart-%d driver-%d cublasLt %s %s", rt, drv, attn, conv);
+    snprintf(info->features, sizeof info->features, "cudart-%d driver-%d cublasLt %.24s %.60s", rt, drv, attn, conv);
     return VF_OK;
 }
 

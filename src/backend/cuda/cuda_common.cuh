@@ -112,6 +112,20 @@ static inline vf_status buf_reserve(cuda_be *be, cuda_buf *b, size_t bytes, cons
     return VF_OK;
 }
 
+/* A transient workspace from the stream-ordered pool (cuda_backend.cu): it
+ * exists only while the op that takes it runs, in stream order, so it counts
+ * in the pool's peak where it is used and nowhere else. */
+static inline vf_status pool_get(cuda_be *be, size_t bytes, void **p, const char *what)
+{
+    return cu_check(be, cudaMallocFromPoolAsync(p, bytes ? bytes : 256, be->pool, be->compute), what);
+}
+
+static inline void pool_put(cuda_be *be, void *p)
+{
+    if (p)
+        cudaFreeAsync(p, be->compute);
+}
+
 static inline unsigned grid_for(size_t n, unsigned threads)
 {
     size_t g = (n + threads - 1) / threads;

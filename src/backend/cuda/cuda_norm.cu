@@ -6,12 +6,17 @@
  * sum-of-squares suffers when the mean is large against the spread, and,
  * unlike Welford, partial sums from many blocks just add. GroupNorm is three
  * launches: partial sums over pixel slices (enough blocks to fill the GPU
- * even at batch 1 with 32 groups), a tiny deterministic merge per group, and
+ * even at batch 1 with 32 groups; where C is a multiple of 8, every block
+ * reads whole pixels in 16-byte vectors for all groups at once), a tiny
+ * deterministic merge per group, and
  * one fused normalise + affine + SiLU pass in 16-byte vectors. The time
  * embedding add (x + cb[b, c]) is applied on the fly in both passes, so the
  * sum is never written out.
  */
 #include "cuda_common.cuh"
+
+#include <stdlib.h>
+#include <string.h>
 
 namespace {
 
@@ -77,6 +82,59 @@ __global__ void k_gn_partial(float *part, const T *x, const T *cb, int HW, int C
         float *o = part + (((size_t)b * G + g) * S + s) * 2;
         o[0] = s1;
         o[1] = s2;
+    }
+}
+
+// x is (B,HW,C) with C % 8 == 0; part as k_gn_partial. Coalesced: the block's
+// threads are R rows of V = C/8 lanes, lane v reading channels 8v..8v+7 of
+// pixels r, r+R, ... of slice s, so one pass over the slice reads whole
+// pixels for every group at once (k_gn_partial reads each group's few
+// channels of every pixel: C/cpg strided passes over the same lines). Per
+// channel sums go through shared memory and are added per group in a fixed
+// order, so the result is deterministic.
+template <typename T>
+__global__ void k_gn_partial8(float *part, const T *x, const T *cb, int HW, int C, int G, int S)
+{
+    extern __shared__ float sh[]; /* R * C * 2 */
+    int V = C / 8, R = blockDim.x / V, t = threadIdx.x, v = t % V, r = t / V;
+    int s = blockIdx.x, b = blockIdx.z, cpg = C / G, c0 = v * 8;
+    const T *xb = x + (size_t)b * HW * C;
+    float K[8], add[8], s1[8], s2[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        int c = c0 + j;
+        K[j] = gn_load(xb, cb, b, C, 0, (c / cpg) * cpg);
+        add[j] = cb ? elem<T>::to_f(cb[(size_t)b * C + c]) : 0.0f;
+        s1[j] = s2[j] = 0.0f;
+    }
+    size_t per = ((size_t)HW + S - 1) / S, p0 = (size_t)s * per, p1 = p0 + per < (size_t)HW ? p0 + per : HW;
+    if (r < R) {
+        for (size_t p = p0 + r; p < p1; p += R) {
+            vec8<T> a = ((const vec8<T> *)(xb + p * C))[v];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                float d = elem<T>::to_f(a.v[j]) + add[j] - K[j];
+                s1[j] += d;
+                s2[j] += d * d;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            sh[((size_t)r * C + c0 + j) * 2] = s1[j];
+            sh[((size_t)r * C + c0 + j) * 2 + 1] = s2[j];
+        }
+    }
+    __syncthreads();
+    for (int g = t; g < G; g += blockDim.x) {
+        float a1 = 0.0f, a2 = 0.0f;
+        for (int rr = 0; rr < R; rr++)
+            for (int c = g * cpg; c < (g + 1) * cpg; c++) {
+                a1 += sh[((size_t)rr * C + c) * 2];
+                a2 += sh[((size_t)rr * C + c) * 2 + 1];
+            }
+        float *o = part + (((size_t)b * G + g) * S + s) * 2;
+        o[0] = a1;
+        o[1] = a2;
     }
 }
 
@@ -213,12 +271,28 @@ vf_status cuda_groupnorm(void *impl, void *y, const void *x, const void *gamma, 
     long want = (4L * be->prop.multiProcessorCount + (long)B * G - 1) / ((long)B * G);
     long maxs = (long)(n / 1024) > 1 ? (long)(n / 1024) : 1;
     int S = (int)(want < 1 ? 1 : (want > maxs ? maxs : want));
+    /* The coalesced statistics kernel where the vectors fit ($VF_CUDA_GN=legacy: never). */
+    int V = C / 8, R = V > 0 && V <= 1024 ? (512 / V > 0 ? 512 / V : 1) : 0;
+    const char *env = getenv("VF_CUDA_GN");
+    int vec = C % 8 == 0 && R > 0 && (size_t)R * C <= 6144 && aligned16(x) && (!cb || aligned16(cb)) &&
+              !(env && strcmp(env, "legacy") == 0);
+    if (vec) {
+        long want8 = (4L * be->prop.multiProcessorCount + B - 1) / B;
+        long max8 = (long)HW / (4L * R) > 1 ? (long)HW / (4L * R) : 1;
+        S = (int)(want8 > max8 ? max8 : want8);
+    }
     size_t part_bytes = (size_t)B * G * S * 2 * sizeof(float), stats_bytes = (size_t)B * G * 2 * sizeof(float);
     VF_TRY(buf_reserve(be, &be->scratch, part_bytes + stats_bytes + 256, "groupnorm statistics"));
     float *part = (float *)be->scratch.p;
     float *stats = (float *)((char *)be->scratch.p + ((part_bytes + 255) & ~(size_t)255));
     dim3 g1((unsigned)S, (unsigned)G, (unsigned)B);
-    DISPATCH(be, T, k_gn_partial<T><<<g1, 256, 0, be->compute>>>(part, (const T *)x, (const T *)cb, HW, C, G, S));
+    if (vec) {
+        dim3 g8((unsigned)S, 1, (unsigned)B);
+        size_t shb = (size_t)R * C * 2 * sizeof(float);
+        DISPATCH(be, T, k_gn_partial8<T><<<g8, V * R, shb, be->compute>>>(part, (const T *)x, (const T *)cb, HW, C, G, S));
+    } else {
+        DISPATCH(be, T, k_gn_partial<T><<<g1, 256, 0, be->compute>>>(part, (const T *)x, (const T *)cb, HW, C, G, S));
+    }
     VF_TRY(launched(be, "groupnorm statistics kernel"));
     DISPATCH(be, T, k_gn_final<T><<<(B * G + 127) / 128, 128, 0, be->compute>>>(stats, part, (const T *)x, (const T *)cb, HW, C, G, S, B, eps));
     VF_TRY(launched(be, "groupnorm merge kernel"));
