@@ -34,9 +34,10 @@ if [ -z "$cc" ]; then
   exit 1
 fi
 
+mkdir -p "$build"
 CC=$cc cmake -S . -B "$build" -DVF_FUZZ=ON -DVF_WERROR=ON -DVF_CUDA=OFF \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$build.configure.log" 2>&1 ||
-  { cat "$build.configure.log"; exit 1; }
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$build/configure.log" 2>&1 ||
+  { cat "$build/configure.log"; exit 1; }
 cmake --build "$build" -j"$jobs" --target $(printf "fuzz_%s " "${targets[@]}")
 
 logs="$build/fuzz-logs"

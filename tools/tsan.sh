@@ -14,8 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${VF_TSAN_BUILD:-build-tsan}
 tests=${1:-^(test_pool|test_device|test_residency|test_threads)$}
+mkdir -p "$build"
 cmake -S . -B "$build" -DVF_TSAN=ON -DVF_WERROR=ON -DVF_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  >"$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
+  >"$build/configure.log" 2>&1 || { cat "$build/configure.log"; exit 1; }
 targets=$(ctest --test-dir "$build" -N -R "$tests" | sed -n 's/^ *Test *#[0-9]*: *//p')
 [ -n "$targets" ] || { echo "tsan.sh: no test matches '$tests'" >&2; exit 1; }
 cmake --build "$build" -j2 --target $targets
