@@ -23,6 +23,7 @@
 #include "core/error.h"
 #include "io/json.h"
 
+#include <float.h>
 #include <locale.h>
 #include <math.h>
 #include <stdlib.h>
@@ -295,9 +296,11 @@ static vf_status finish_list(builder *b)
             b->f[++o] = b->f[i];
     }
     b->n = o + 1;
+    /* Embeddings are float32: a weight past FLT_MAX would turn them to inf. */
     for (size_t i = 0; i < b->n; i++)
-        if (!isfinite(b->f[i].w))
-            return vf_error(VF_ERR_INVALID_ARG, "prompt: the weight of fragment %zu ('%.*s') is not finite",
+        if (!isfinite(b->f[i].w) || fabs(b->f[i].w) > FLT_MAX)
+            return vf_error(VF_ERR_INVALID_ARG,
+                            "prompt: the weight of fragment %zu ('%.*s') is not finite in float32",
                             i, (int)(b->f[i].len < 64 ? b->f[i].len : 64), b->text + b->f[i].off);
     return VF_OK;
 }

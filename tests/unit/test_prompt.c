@@ -120,6 +120,10 @@ static void test_parse_rejects(void)
     snprintf(big, sizeof big, "((a:%s):%s)", e300, e300);
     CHECK(parse_str(big, &f) == VF_ERR_INVALID_ARG);
     CHECK(strstr(vf_last_error(), "not finite") != NULL);
+    /* A finite double past FLT_MAX would make the float32 embeddings inf
+     * (found by fuzz_prompt; the input is kept in tests/fuzz/regressions). */
+    CHECK(parse_str("(a:1000000000000000000000000000000000000000)", &f) == VF_ERR_INVALID_ARG); /* 1e39 */
+    CHECK(strstr(vf_last_error(), "float32") != NULL);
 }
 
 /* A deterministic fuzz loop: random strings over the syntax's alphabet never
