@@ -10,6 +10,7 @@
 #ifndef VF_FUZZ_UTIL_H
 #define VF_FUZZ_UTIL_H
 
+#include "pipeline/synth.h"
 #include "vramfit.h"
 
 #include <ftw.h>
@@ -96,6 +97,19 @@ static inline void vf_fuzz_check_message(const char *call, const char *what)
                 what ? what : "", msg);
         abort();
     }
+}
+
+/* The small vocabulary `vramfit synth` writes (never CLIP's), loaded once into
+ * the scratch folder; aborts when it cannot be built. */
+static inline vf_tokenizer *vf_fuzz_synth_tokenizer(const char *tag)
+{
+    vf_tokenizer *t = NULL;
+    const char *dir = vf_fuzz_tmpdir(tag);
+    if (vf_synth_write_tokenizer(dir, "<|endoftext|>") != VF_OK || vf_tokenizer_load(dir, &t) != VF_OK) {
+        fprintf(stderr, "fuzz: cannot build the tokenizer: %s\n", vf_last_error());
+        abort();
+    }
+    return t;
 }
 
 #endif
