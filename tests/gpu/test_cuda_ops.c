@@ -31,6 +31,7 @@ static double TOL;
 static int n_fail, n_pass;
 static uint64_t seed = 0x9e3779b97f4a7c15ull;
 static const char *conv_mode = "";
+static char attn_tag[8] = "";  /* " v2": the wgmma flash variant under test */
 
 /* ---- random inputs ----------------------------------------------------------------- */
 
@@ -324,8 +325,8 @@ static void check_attention(int B, int Lq, int Lk, int H, int D, int causal, int
 {
     char name[96];
     int hd = H * D;
-    snprintf(name, sizeof name, "attention B%d Lq%d Lk%d H%d D%d%s%s", B, Lq, Lk, H, D, causal ? " causal" : "",
-             fused ? " qkv-strided" : "");
+    snprintf(name, sizeof name, "attention B%d Lq%d Lk%d H%d D%d%s%s%s", B, Lq, Lk, H, D, causal ? " causal" : "",
+             fused ? " qkv-strided" : "", attn_tag);
     fresh_seed();
     float scale = 1.0f / sqrtf((float)D);
     if (fused) {
@@ -594,8 +595,8 @@ static void bench_attention(int B, int H, int L, int Lk, int D, int causal)
     must(vf_be_alloc(G, (size_t)B * L * H * D, &c.o), "alloc");
     float ms = time_ms(run_attn, &c, 20, 100);
     double flops = 4.0 * B * H * (double)L * Lk * D * (causal ? 0.5 : 1.0);
-    printf("BENCH attention %s B%d H%d L%d Lk%d D%d%s: %.4f ms  %.1f TFLOP/s\n", vf_dtype_name(DT), B, H, L, Lk, D,
-           causal ? " causal" : "", ms, flops / (ms * 1e-3) / 1e12);
+    printf("BENCH attention %s B%d H%d L%d Lk%d D%d%s%s: %.4f ms  %.1f TFLOP/s\n", vf_dtype_name(DT), B, H, L, Lk, D,
+           causal ? " causal" : "", attn_tag, ms, flops / (ms * 1e-3) / 1e12);
     vf_be_free(G, c.q);
     vf_be_free(G, c.k);
     vf_be_free(G, c.v);
@@ -720,6 +721,43 @@ static vf_status open_gpu(vf_dtype t, vf_backend **out)
     return vf_backend_create(&o, out);
 }
 
+/* Every wgmma flash variant ($VF_FLASH_VARIANT, src/backend/cuda/flash_ws.cuh)
+ * through the library: the attention checks, and with --bench the SDXL
+ * attention shapes, tagged " vN". Skipped where the device has no wgmma path. */
+#define FLASH_VARIANTS 5  /* flashws::NVARIANTS */
+
+static void run_flash_variants(int checks, int bench)
+{
+    const char *env = getenv("VF_FLASH_VARIANT");
+    char keep[16] = "";
+    if (env)
+        snprintf(keep, sizeof keep, "%s", env);
+    conv_mode = "";
+    for (int v = 0; v < FLASH_VARIANTS; v++) {
+        char val[8];
+        snprintf(val, sizeof val, "%d", v);
+        setenv("VF_FLASH_VARIANT", val, 1);
+        must(open_gpu(DT, &G), "cuda backend");
+        if (strstr(vf_be_info(G)->features, "wgmma")) {
+            snprintf(attn_tag, sizeof attn_tag, " v%d", v);
+            if (checks)
+                run_attention_checks();
+            if (bench) {
+                bench_attention(2, 10, 4096, 4096, 64, 0);
+                bench_attention(2, 20, 1024, 1024, 64, 0);
+                bench_attention(2, 10, 4096, 77, 64, 0);
+            }
+            attn_tag[0] = '\0';
+        }
+        vf_backend_free(G);
+        G = NULL;
+    }
+    if (env)
+        setenv("VF_FLASH_VARIANT", keep, 1);
+    else
+        unsetenv("VF_FLASH_VARIANT");
+}
+
 int main(int argc, char **argv)
 {
     int bench = argc > 1 && strcmp(argv[1], "--bench") == 0;
@@ -780,6 +818,9 @@ int main(int argc, char **argv)
             G = NULL;
 
         }
+        unsetenv("VF_CUDA_CONV");
+        unsetenv("VF_CUDA_ATTN");
+        run_flash_variants(checks, bench);
     }
     unsetenv("VF_CUDA_CONV");
     vf_backend_free(C);

@@ -1,76 +1,43 @@
 /* Attention of the CUDA backend.
  *
- * On Hopper (a build with sm_90a code), head dims up to 64 run the wgmma
- * flash kernel of flash_wgmma.cuh. Otherwise head dims up to 128 (multiples
- * of 8, 16-byte aligned operands) run the mma.sync flash kernel of
- * flash_kernel.cuh, instantiated for a few padded head dims
- * (D is rounded up to the next instance; the padding is zero-filled in
- * shared memory and costs math, not memory traffic). Everything else (the
- * VAE's single 512-wide head, odd strides) takes the chunked path: per batch
- * item and chunk of queries, S = scale Q K^T for all heads in one strided
- * batched GEMM (fp32 scores), a row softmax kernel writes P in the compute
- * dtype, and O = P V is a second batched GEMM written straight into the
- * strided output. Its workspace is bounded (ATTN_WS), never O(Lq * Lk).
+ * On Hopper (a build with sm_90a code), head dims up to 64 run one of the
+ * wgmma flash kernels (flash_wgmma.cuh, flash_ws.cuh), chosen by
+ * $VF_FLASH_VARIANT (0..4, see flashws::variant_name; unset: the default
+ * below) so that one GPU run can time every variant through the library.
+ * Otherwise head dims up to 128 (multiples of 8, 16-byte aligned operands)
+ * run the mma.sync flash kernel of flash_kernel.cuh, instantiated for a
+ * few padded head dims (D is rounded up to the next instance; the padding
+ * is zero-filled in shared memory and costs math, not memory traffic).
+ * flashws::dispatch holds that choice so that bench/flash_bench.cu runs the
+ * very same code. Everything else (the VAE's single 512-wide head, odd
+ * strides) takes the chunked path: per batch item and chunk of queries,
+ * S = scale Q K^T for all heads in one strided batched GEMM (fp32 scores),
+ * a row softmax kernel writes P in the compute dtype, and O = P V is a
+ * second batched GEMM written straight into the strided output. Its
+ * workspace is bounded (ATTN_WS), never O(Lq * Lk).
  */
 #include "cuda_common.cuh"
 #include "flash_kernel.cuh"
 #include "flash_wgmma.cuh"
+#include "flash_ws.cuh"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include <math.h>
 
+/* $VF_FLASH_VARIANT when unset: the measured-fastest wgmma variant. */
+#define VF_FLASH_DEFAULT_VARIANT 4
+
 #define ATTN_WS ((size_t)64 << 20)
 
 namespace {
 
-template <typename T, int DP, int BC, int MT, int NW, bool QREG>
-vf_status launch_flash(cuda_be *be, const flash::params &p, int B)
+template <typename T> vf_status flash_dispatch(cuda_be *be, const flash::params &p, int B)
 {
-    typedef flash::shape<DP, BC, MT, NW> S;
-    static bool configured = false; /* per instance; the attribute is per device function */
-    auto kern = flash::attn_fwd<T, DP, BC, MT, NW, QREG>;
-    if (!configured) {
-        CU_TRY(be, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, S::SMEM),
-               "flash attention shared memory");
-        configured = true;
-    }
-    dim3 grid((unsigned)((p.Lq + S::BR - 1) / S::BR), (unsigned)p.H, (unsigned)B);
-    kern<<<grid, NW * 32, S::SMEM, be->compute>>>(p);
-    return launched(be, "flash attention kernel");
-}
-
-/* The sm_90a kernel: flashwg::attn_wg2, the schedule bench/flash_bench.cu
- * measured fastest at the SDXL shapes. */
-template <typename T, int NWG, int BC>
-vf_status launch_wg2(cuda_be *be, const flash::params &p, int B)
-{
-    typedef flashwg::shape<NWG, BC, 2> S;
-    static bool configured = false;
-    auto kern = flashwg::attn_wg2<T, NWG, BC>;
-    if (!configured) {
-        CU_TRY(be, cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, S::SMEM),
-               "flash attention (wgmma) shared memory");
-        configured = true;
-    }
-    dim3 grid((unsigned)((p.Lq + S::BR - 1) / S::BR), (unsigned)p.H, (unsigned)B);
-    kern<<<grid, NWG * 128, S::SMEM, be->compute>>>(p);
-    return launched(be, "flash attention (wgmma) kernel");
-}
-
-template <typename T>
-vf_status flash_dispatch(cuda_be *be, const flash::params &p, int B)
-{
-    if (be->attn_wgmma && p.D <= 64)
-        return launch_wg2<T, 1, 128>(be, p, B);
-    if (p.D <= 32)
-        return launch_flash<T, 32, 64, 2, 4, true>(be, p, B);
-    if (p.D <= 64)
-        return launch_flash<T, 64, 64, 2, 4, true>(be, p, B);
-    if (p.D <= 96)
-        return launch_flash<T, 96, 32, 2, 4, true>(be, p, B);
-    return launch_flash<T, 128, 32, 2, 4, false>(be, p, B);
+    CU_TRY(be, flashws::dispatch<T>(be->attn_variant, be->attn_wgmma != 0, p, B, be->compute),
+           "flash attention kernel");
+    return VF_OK;
 }
 
 // s is (rows, Lk) fp32 scores of queries q0.. (row r is query q0 + r % cq); p gets softmax rows in T
@@ -216,6 +183,20 @@ vf_status cuda_attention_init(cuda_be *be, char *features, size_t cap)
         CU_TRY(be, e, "attention probe");
     }
     be->attn_wgmma = have && be->attn_mode == 0;
-    snprintf(features, cap, "attn:%s", be->attn_mode == 2 ? "chunked" : (be->attn_wgmma ? "flash-wgmma+mma" : "flash-mma"));
+    const char *var = getenv("VF_FLASH_VARIANT");
+    be->attn_variant = VF_FLASH_DEFAULT_VARIANT;
+    if (var && *var) {
+        char *end = NULL;
+        long v = strtol(var, &end, 10);
+        if (*end != '\0' || v < 0 || v >= flashws::NVARIANTS)
+            return be_fail(be, VF_ERR_INVALID_ARG, "VF_FLASH_VARIANT=%s: expected 0..%d", var, flashws::NVARIANTS - 1);
+        be->attn_variant = (int)v;
+    }
+    if (be->attn_mode == 2)
+        snprintf(features, cap, "attn:chunked");
+    else if (be->attn_wgmma)
+        snprintf(features, cap, "attn:flash-wgmma-v%d+mma", be->attn_variant);
+    else
+        snprintf(features, cap, "attn:flash-mma");
     return VF_OK;
 }

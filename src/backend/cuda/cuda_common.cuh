@@ -54,6 +54,7 @@ typedef struct cuda_be {
     cudaMemPool_t pool;             /* vf_be_alloc's stream-ordered pool       */
     int attn_wgmma;                 /* the sm_90a flash kernel is usable      */
     int attn_mode;                  /* 0 best, 1 mma.sync only, 2 chunked     */
+    int attn_variant;               /* wgmma flash variant ($VF_FLASH_VARIANT) */
     char err[512];
 } cuda_be;
 
