@@ -18,7 +18,24 @@
 #                              bf16, and diffusers' eager SDXL UNet step and
 #                              VAE decode on the same card as the baseline.
 #   bench/gpu.sh ops           the kernel benchmarks (test_cuda_ops --bench,
-#                              the flash tile sweep, PyTorch SDPA).
+#                              with every flash variant; bench/flash_bench.cu's
+#                              checks and timings of the flash variants and
+#                              configurations; PyTorch SDPA).
+#   bench/gpu.sh parity        op and pipeline parity only.
+#   bench/gpu.sh budgets       synthesizes SDXL if needed, then `vramfit bench`
+#                              at 1024x1024 CFG fp16 under VRAM budgets of
+#                              full, 8, 6, 4, 2 and 1 GiB (and smaller until
+#                              nothing runs): strategy, step time, driver and
+#                              arena peaks, bytes over the link per step,
+#                              against the full-GPU step and the UNet's bytes
+#                              over the measured link bandwidth.
+#   bench/gpu.sh quant         GPU dequantization parity (test_cuda_quant), then
+#                              the budget rows with q8, f8 and q4 weights
+#                              (full and 2 GiB) against fp16.
+#   bench/gpu.sh final         full-GPU and 2 GiB rows with and without a LoRA,
+#                              q4 at 2 GiB and q8 resident.
+#   bench/gpu.sh train-demo    trains the demo model (tools/demo/train.py)
+#                              into $OUT/demo.
 #
 # $VF_GPU_BIN defaults to .gpu (keep it out of git: echo /.gpu/ >>
 # .git/info/exclude) so that the device tool can carry it. Logs go to $OUT (or
@@ -32,9 +49,10 @@ if [ "$MODE" = "--prepare" ]; then
     set -e
     B=${VF_GPU_BUILD:-build-gpu-rel}
     cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release ${VF_CUDA_ARCHS:+-DCMAKE_CUDA_ARCHITECTURES=$VF_CUDA_ARCHS} >/dev/null
-    cmake --build "$B" -j2 --target vramfit_cli test_cuda_ops test_gpu_pipeline vramfit_cuda
+    cmake --build "$B" -j2 --target vramfit_cli test_cuda_ops test_gpu_pipeline test_cuda_quant vramfit_cuda
     rm -rf "$BIN" && mkdir -p "$BIN/whl"
-    cp "$B/vramfit" "$B/tests/test_cuda_ops" "$B/tests/test_gpu_pipeline" "$B/libvramfit-cuda.so" "$BIN"/
+    cp "$B/vramfit" "$B/tests/test_cuda_ops" "$B/tests/test_gpu_pipeline" "$B/tests/test_cuda_quant" \
+        "$B/libvramfit-cuda.so" "$BIN"/
     nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I src bench/flash_bench.cu -o "$BIN"/flash_bench || true
     libs=$(for f in "$BIN"/vramfit "$BIN"/test_*; do ldd "$f" | awk '/=>/ {print $3}'; done | sort -u |
            grep -vE '/(libc|libm|libgcc_s|ld-linux[^/]*|libpthread|libdl|librt)\.so')
@@ -74,14 +92,118 @@ fi
 } 2>&1 | tee "$OUT/env.txt"
 
 if [ "$MODE" = "ops" ]; then
-    "$BIN/test_cuda_ops" --bench 2>&1 | tee "$OUT/ops.log"
-    [ -x "$BIN/flash_bench" ] && "$BIN/flash_bench" 2>&1 | tee "$OUT/flash.log"
+    # test_cuda_ops runs the attention checks and benchmarks once per flash
+    # variant ($VF_FLASH_VARIANT, tagged " vN"); flash_bench checks and times
+    # every variant and extra configuration. A faulting kernel kills its
+    # process's CUDA context (the kernels fault rather than hang), so if the
+    # full flash_bench run dies, each entry is rerun in a process of its own.
+    timeout 1200 "$BIN/test_cuda_ops" --bench 2>&1 | tee "$OUT/ops.log"
+    if [ -x "$BIN/flash_bench" ]; then
+        timeout 900 "$BIN/flash_bench" 2>&1 | tee "$OUT/flash.log"
+        if ! grep -q '^flash_bench: ' "$OUT/flash.log"; then
+            echo "== flash_bench died: each entry on its own" | tee -a "$OUT/flash.log"
+            n=$("$BIN/flash_bench" --count)
+            for ((i = 0; i < n; i++)); do
+                timeout 300 "$BIN/flash_bench" --only $i 2>&1 | tee -a "$OUT/flash.log"
+                echo "entry $i: exit ${PIPESTATUS[0]}" | tee -a "$OUT/flash.log"
+            done
+        fi
+    fi
     PYTHONUNBUFFERED=1 $PY bench/sdpa_bench.py 2>&1 | tee "$OUT/sdpa.log"
+    echo "== summary"
     grep -E '^FAIL|passed,|^BENCH' "$OUT/ops.log"
+    grep -E '^CHECK .*(FAIL|failed)|^NOTE|^entry ' "$OUT/flash.log"
+    sed -n '/^SUMMARY/,$p' "$OUT/flash.log"
+    grep -E 'SDPA (default|flash) +float16' "$OUT/sdpa.log"
     exit 0
 fi
 
 SX=/tmp/vf-sdxl
+synth_sdxl() {
+    [ -f $SX/model_index.json ] && return 0
+    s=$(date +%s%N)
+    "$BIN/vramfit" synth --arch sdxl --preset full --dtype f16 --force --output $SX 2>&1 | tail -2
+    echo "synth: $((($(date +%s%N) - s) / 1000000)) ms"
+}
+
+budget_row() { # $1: label, $2..: extra bench arguments
+    local label=$1; shift
+    "$BIN/vramfit" bench --model $SX --width 1024 --height 1024 --steps 3 --cfg 5 --runs 2 --backend cuda:f16 \
+        --no-decode --json "$@" >"$OUT/budget_$label.json" 2>"$OUT/budget_$label.err"
+    local rc=$?
+    $PY - "$OUT/budget_$label.json" "$label" "$rc" "$OUT/budget_$label.err" <<'PYEOF'
+import json, sys
+path, label, rc, err = sys.argv[1:5]
+try:
+    d = json.load(open(path))
+except Exception:
+    msg = open(err).read().strip().splitlines()
+    print(f"{label:>6}  did not run (rc {rc}): {msg[-1] if msg else '?'}")
+    sys.exit(0)
+g = 1024**3
+print(f"{label:>6}  {d['strategy']:<11} step {d['step_ms']:8.1f} ms  unet {d['unet_ms']:8.1f} ms  "
+      f"driver peak {d['driver_peak_bytes']/g:6.2f} GiB  budget {d['budget_bytes']/g:6.2f} GiB  "
+      f"context {d['context_bytes']/g:5.2f}  arena {d['arena_bytes']/g:6.2f}  ring {d['ring_depth']}  "
+      f"h2d/step {d['h2d_bytes_per_step']/g:6.2f} GiB  link {d['link_bandwidth']/1e9:5.1f} GB/s  "
+      f"predicted {d['predicted_step_ms']:7.1f} ms  decode {d['decode_ms']:7.1f} ms"
+      + (f"  ERROR {d['generation_error']}" if d['generation_error'] else ""))
+PYEOF
+}
+
+if [ "$MODE" = "parity" ]; then
+    "$BIN/test_cuda_ops" 2>&1 | grep -E '^FAIL|passed,' | tee "$OUT/checks.log"
+    "$BIN/test_gpu_pipeline" 2>&1 | tee -a "$OUT/checks.log"
+    exit 0
+fi
+
+if [ "$MODE" = "budgets" ]; then
+    synth_sdxl
+    echo "== budgets: SDXL 1024x1024 CFG 5 fp16 (3 steps, medians of 2 runs)" | tee "$OUT/budgets.txt"
+    budget_row full | tee -a "$OUT/budgets.txt"
+    for g in 8 6 4 2 1.5 1; do
+        budget_row ${g}G --vram-budget ${g}G | tee -a "$OUT/budgets.txt"
+    done
+    echo "== the VAE alone under 1 GiB (tiled if the plan says so)" | tee -a "$OUT/budgets.txt"
+    "$BIN/vramfit" bench --model $SX --width 1024 --height 1024 --runs 2 --backend cuda:f16 --vae-only \
+        --vram-budget 1G --json 2>&1 | grep -E '"(vae_ms|driver_peak_bytes|strategy)"|error' | tee -a "$OUT/budgets.txt"
+    exit 0
+fi
+
+if [ "$MODE" = "quant" ]; then
+    "$BIN/test_cuda_quant" 2>&1 | tail -15 | tee "$OUT/quant.log"
+    synth_sdxl
+    echo "== quantized streaming: SDXL 1024x1024 CFG 5 (3 steps, medians of 2 runs)" | tee "$OUT/quant_budgets.txt"
+    budget_row f16_2G --vram-budget 2G | tee -a "$OUT/quant_budgets.txt"
+    for d in q8 f8 q4; do
+        budget_row ${d}_2G --dtype $d --vram-budget 2G | tee -a "$OUT/quant_budgets.txt"
+    done
+    budget_row q8_full --dtype q8 | tee -a "$OUT/quant_budgets.txt"
+    echo "== LoRA (rank 32, every attention/ff/proj layer, both text encoders) streamed at 2 GiB" |
+        tee -a "$OUT/quant_budgets.txt"
+    [ -f /tmp/vf-lora.safetensors ] || $PY tools/make_bench_lora.py $SX /tmp/vf-lora.safetensors --rank 32
+    budget_row f16_2G_lora --vram-budget 2G --lora /tmp/vf-lora.safetensors | tee -a "$OUT/quant_budgets.txt"
+    exit 0
+fi
+
+if [ "$MODE" = "final" ]; then
+    synth_sdxl
+    echo "== final rows: SDXL 1024x1024 CFG 5 (3 steps, medians of 2 runs)" | tee "$OUT/final.txt"
+    budget_row full | tee -a "$OUT/final.txt"
+    budget_row 2G --vram-budget 2G | tee -a "$OUT/final.txt"
+    [ -f /tmp/vf-lora.safetensors ] || $PY tools/make_bench_lora.py $SX /tmp/vf-lora.safetensors --rank 32
+    budget_row 2G_lora --vram-budget 2G --lora /tmp/vf-lora.safetensors | tee -a "$OUT/final.txt"
+    budget_row q4_2G --dtype q4 --vram-budget 2G | tee -a "$OUT/final.txt"
+    budget_row q8_full --dtype q8 | tee -a "$OUT/final.txt"
+    exit 0
+fi
+
+if [ "$MODE" = "train-demo" ]; then
+    PYTHONUNBUFFERED=1 $PY tools/demo/train.py --out "$OUT/demo" --device cuda ${VF_DEMO_MINUTES:+--minutes $VF_DEMO_MINUTES} 2>&1 |
+        tee "$OUT/train.log" | tail -40
+    du -sh "$OUT/demo"
+    exit 0
+fi
+
 echo "== op parity (test_cuda_ops)"
 if ! "$BIN/test_cuda_ops" 2>&1 | grep -E '^FAIL|passed,' | tee "$OUT/checks.log"; then
     echo "op parity failed: the rest runs with the legacy GroupNorm statistics kernel" | tee -a "$OUT/checks.log"

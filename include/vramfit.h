@@ -52,6 +52,9 @@ typedef enum vf_dtype {
     VF_DTYPE_F32 = 0, VF_DTYPE_F16, VF_DTYPE_BF16, VF_DTYPE_F8_E4M3, VF_DTYPE_F8_E5M2,
     VF_DTYPE_I8, VF_DTYPE_U8, VF_DTYPE_I16, VF_DTYPE_I32, VF_DTYPE_I64, VF_DTYPE_F64,
     VF_DTYPE_BOOL,
+    /* vramfit's blockwise-quantized weight formats (packed: data, then scales;
+     * see src/core/quant.h); never element-addressable. */
+    VF_DTYPE_Q8, VF_DTYPE_Q4,
     VF_DTYPE_COUNT
 } vf_dtype;
 
@@ -472,8 +475,11 @@ typedef struct vf_plan_options {
     uint64_t vram_budget;
     vf_offload_strategy offload;  /* default AUTO                                */
     int allow_stream;             /* AUTO may choose STREAM (default 1)          */
-    vf_dtype_policy dtype_policy; /* default AUTO (UNet F16 on the device; text
-                                     encoders and VAE F32); F16 and F32 force one */
+    vf_dtype_policy dtype_policy; /* default AUTO: the highest precision (F32, F16
+                                     or Q8) that fits without streaming at full
+                                     speed; FAST: F16, or Q8 where faster; the
+                                     others force one (F8/Q8/Q4: UNet and text
+                                     encoders packed, the VAE F16/F32) */
     int width, height;            /* 0: the model's default size                 */
     int steps;                    /* default 20                                  */
     int cfg;                      /* default 1: guidance, UNet batch 2           */
@@ -541,7 +547,16 @@ VF_API void vf_string_free(char *s);
  *           holds from creation, counted in the budget (default 300 MiB, like
  *           a CUDA context); memory: its capacity (default: the budget, or
  *           8 GiB without one). Without vram_budget the budget is its memory.
- *   "cuda"  the GPU (not built yet: VF_ERR_UNSUPPORTED).
+ *   "cuda[:f16|:bf16]"
+ *           the GPU through libvramfit-cuda.so (the same as backend "cuda";
+ *           either implies the other). Device memory held when the backend
+ *           was created (CUDA context, library handles; measured with
+ *           cudaMemGetInfo) counts in the budget; the arena is the rest of the
+ *           budget less 96 MiB of slack for what libraries allocate on their
+ *           own, and every weight, ring slot, activation and kernel workspace
+ *           is carved from it. The host link is measured at open (pinned
+ *           copies) and plans are made with it. Dtype policy f32 is refused:
+ *           CUDA computes in f16 (default) or bf16.
  * Sizes in the spec are case-insensitive vf_parse_size sizes. */
 typedef struct vf_pipeline_options {
     const char *device;            /* NULL: "cpu"                                  */
@@ -714,6 +729,69 @@ VF_API vf_status vf_pool_info(vf_pool *p, const char *id, vf_pool_model_info *ou
 VF_API size_t vf_pool_count(vf_pool *p);
 VF_API vf_status vf_pool_info_at(vf_pool *p, size_t i, vf_pool_model_info *out);
 VF_API vf_status vf_pool_get_usage(vf_pool *p, vf_pool_usage *out);
+
+/* ---- LoRA ---------------------------------------------------------------------------- */
+
+/* LoRAs on an open model (Python: IntelligentGenerationPipeline.add_lora), several
+ * at once, each with its own strength (negative ones included).
+ *
+ * Files: .safetensors in kohya's format (lora_unet_*, lora_te_* for SD1.5,
+ * lora_te1_* / lora_te2_* for SDXL; lora_down / lora_up / alpha; UNet names in
+ * diffusers' or the original layout) or diffusers/PEFT's (unet.*, text_encoder.*,
+ * text_encoder_2.* with lora_A / lora_B, and the adapter metadata's lora_alpha),
+ * for linear and conv layers. A pair changes its weight W by
+ * strength * alpha / rank * up @ down (no alpha: strength * up @ down).
+ *
+ * A LoRA is merged into each weight as the weight is converted for compute
+ * (read as float32, before it goes to host memory, the device arena or the
+ * staging ring), so resident, streamed and quantized blocks all get it and a
+ * step costs what it costs without (except blocks streamed from DISK, which are
+ * read and merged again each time they are used). Adding, removing or re-weighting a LoRA
+ * therefore unloads the model's weights (vf_model_unload): the next stage reads
+ * them again, and with no LoRA (or all at strength 0) they are bit for bit the
+ * checkpoint's. Adding a LoRA at strength 0, or setting a strength to the value
+ * it has, unloads nothing.
+ *
+ * Every file is checked whole when it is added: a malformed file, a factor
+ * without its partner, a shape that differs from the model's weight (naming the
+ * key and both shapes), a non-finite value (VF_ERR_NONFINITE naming the tensor),
+ * or a LoRA none of whose keys matches a weight of the model (VF_ERR_FORMAT:
+ * "... matches no weight of the sdxl model: is it for another architecture?")
+ * is an error, and the model's LoRAs stay as they were. Keys that match no
+ * weight are otherwise ignored and counted (unmatched_keys).
+ *
+ * Like the model's other calls, these are for one thread at a time, and not
+ * from inside a callback of a running generation on the same model. */
+
+typedef struct vf_lora_info {
+    int id;                       /* the handle for set_strength / remove (1, 2, ...) */
+    float strength;
+    int rank;                     /* the largest rank of its pairs                     */
+    int keys;                     /* tensors in the file                               */
+    int matched_keys;             /* tensors used                                      */
+    int unmatched_keys;           /* tensors that match no weight of the model         */
+    int weights;                  /* weights of the model it changes                   */
+    int weights_by_component[VF_COMPONENT_COUNT];
+    uint64_t bytes;               /* host bytes it holds: its factors as stored        */
+} vf_lora_info;
+
+/* Loads the LoRA at path onto m at strength (finite); out (may be NULL) receives
+ * its info, with the id the other calls take. */
+VF_API vf_status vf_model_add_lora(vf_model *m, const char *path, float strength, vf_lora_info *out);
+/* The same for a LoRA registered in a pool (vf_pool_register_lora, or kind
+ * "lora" in a registry): the pool makes it resident in HOST (counting a use and
+ * evicting by its policy; VF_ERR_BUDGET when it cannot) and the model loads it
+ * from the registered path. On failure the pool is left as it was. An unknown
+ * id is VF_ERR_NOT_FOUND, a checkpoint's id VF_ERR_INVALID_ARG. */
+VF_API vf_status vf_model_add_pool_lora(vf_model *m, vf_pool *p, const char *id, float strength,
+                                        vf_lora_info *out);
+/* VF_ERR_NOT_FOUND for an id the model does not have. */
+VF_API vf_status vf_model_set_lora_strength(vf_model *m, int id, float strength);
+VF_API vf_status vf_model_remove_lora(vf_model *m, int id);
+VF_API void vf_model_clear_loras(vf_model *m);
+/* LoRAs in the order they were added (and are applied): i in [0, count). */
+VF_API size_t vf_model_lora_count(const vf_model *m);
+VF_API vf_status vf_model_lora_at(const vf_model *m, size_t i, vf_lora_info *out);
 
 #ifdef __cplusplus
 }

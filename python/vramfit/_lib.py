@@ -105,7 +105,7 @@ lib, LIBRARY_PATH = _load()
 VF_MAX_DEVICES = 16
 VF_COMPONENT_COUNT = 4
 VF_TIER_COUNT = 4
-VF_DTYPE_COUNT = 12
+VF_DTYPE_COUNT = 14
 VF_POOL_UNLIMITED = 2**64 - 1
 
 
@@ -207,6 +207,12 @@ class vf_pool_usage(Structure):
                 ("loaded", c_size_t), ("evictions", c_uint64)]
 
 
+class vf_lora_info(Structure):
+    _fields_ = [("id", c_int), ("strength", c_float), ("rank", c_int), ("keys", c_int),
+                ("matched_keys", c_int), ("unmatched_keys", c_int), ("weights", c_int),
+                ("weights_by_component", c_int * VF_COMPONENT_COUNT), ("bytes", c_uint64)]
+
+
 # Checked by the tests against the C compiler's sizeof().
 STRUCTS = {
     "vf_device_info": vf_device_info, "vf_resources": vf_resources,
@@ -217,6 +223,7 @@ STRUCTS = {
     "vf_pool_options": vf_pool_options, "vf_pool_model_info": vf_pool_model_info,
     "vf_pool_usage": vf_pool_usage,
 }
+STRUCTS["vf_lora_info"] = vf_lora_info
 
 # ---- prototypes ----------------------------------------------------------------------
 
@@ -309,6 +316,13 @@ _PROTOTYPES = {
     "vf_pool_count": (c_size_t, [_P]),
     "vf_pool_info_at": (_status, [_P, c_size_t, POINTER(vf_pool_model_info)]),
     "vf_pool_get_usage": (_status, [_P, POINTER(vf_pool_usage)]),
+    "vf_model_add_lora": (_status, [_P, c_char_p, c_float, POINTER(vf_lora_info)]),
+    "vf_model_add_pool_lora": (_status, [_P, _P, c_char_p, c_float, POINTER(vf_lora_info)]),
+    "vf_model_set_lora_strength": (_status, [_P, c_int, c_float]),
+    "vf_model_remove_lora": (_status, [_P, c_int]),
+    "vf_model_clear_loras": (None, [_P]),
+    "vf_model_lora_count": (c_size_t, [_P]),
+    "vf_model_lora_at": (_status, [_P, c_size_t, POINTER(vf_lora_info)]),
 }
 
 

@@ -247,6 +247,7 @@ class IntelligentGenerationPipeline:
                  dtype_policy=DTypePolicy.AUTO, pool=None, tokenizer=None, config=None,
                  device=None, backend=None):
         self._h = None
+        self._lora_sources = {}
         self.model_id = str(model_id_or_path)
         self.pool = pool
         path = model_id_or_path
@@ -328,6 +329,62 @@ class IntelligentGenerationPipeline:
     def unload(self):
         """Frees every loaded weight and the device arena; the next stage reloads."""
         C.vf_model_unload(self._handle())
+
+    # ---- LoRAs --------------------------------------------------------------------
+
+    def _lora_dict(self, i):
+        return {
+            "id": i.id, "strength": i.strength, "source": self._lora_sources.get(i.id),
+            "rank": i.rank, "keys": i.keys, "matched_keys": i.matched_keys,
+            "unmatched_keys": i.unmatched_keys, "weights": i.weights,
+            "weights_by_component": {_lib.component_name(c): i.weights_by_component[c]
+                                     for c in range(_lib.VF_COMPONENT_COUNT)
+                                     if i.weights_by_component[c]},
+            "bytes": i.bytes,
+        }
+
+    def add_lora(self, path_or_pool_id, strength=1.0, pool=None):
+        """Applies a LoRA (kohya or diffusers/PEFT .safetensors) at strength; several
+        may be active at once. path_or_pool_id: a file, or the id of a LoRA registered
+        in `pool` (default: the pipeline's pool), which then counts a use and holds it
+        in HOST. Returns its record: {"id", "strength", "weights", "unmatched_keys",
+        ...}; "id" is what set_lora_strength and remove_lora take. A LoRA for another
+        architecture, a malformed file or a shape that does not fit raises
+        VramfitError and changes nothing. The model's weights are converted again
+        with the LoRAs at the next stage (vf_model_add_lora)."""
+        info = _lib.vf_lora_info()
+        pool = self.pool if pool is None else pool
+        if pool is not None and isinstance(path_or_pool_id, str) and path_or_pool_id in pool:
+            _lib.check(C.vf_model_add_pool_lora(self._handle(), pool._handle(),
+                                                _lib.enc(path_or_pool_id), float(strength),
+                                                ctypes.byref(info)))
+        else:
+            _lib.check(C.vf_model_add_lora(self._handle(), _lib.enc(path_or_pool_id),
+                                           float(strength), ctypes.byref(info)))
+        self._lora_sources[info.id] = os.fspath(path_or_pool_id)
+        return self._lora_dict(info)
+
+    def set_lora_strength(self, lora_id, strength):
+        """Changes one LoRA's strength (0 turns it off: the checkpoint's weights exactly)."""
+        _lib.check(C.vf_model_set_lora_strength(self._handle(), int(lora_id), float(strength)))
+
+    def remove_lora(self, lora_id):
+        _lib.check(C.vf_model_remove_lora(self._handle(), int(lora_id)))
+        self._lora_sources.pop(int(lora_id), None)
+
+    def clear_loras(self):
+        C.vf_model_clear_loras(self._handle())
+        self._lora_sources.clear()
+
+    @property
+    def loras(self):
+        """The active LoRAs' records, in the order they apply."""
+        out = []
+        for k in range(C.vf_model_lora_count(self._handle())):
+            i = _lib.vf_lora_info()
+            _lib.check(C.vf_model_lora_at(self._handle(), k, ctypes.byref(i)))
+            out.append(self._lora_dict(i))
+        return out
 
     @property
     def components(self):

@@ -335,6 +335,51 @@ void vf_be_free(vf_backend *be, vf_dbuf *p)
         be->ops->free(be->impl, p);
 }
 
+vf_status vf_be_reserve(vf_backend *be, size_t bytes, void **p)
+{
+    *p = NULL;
+    vf_status st = be->ops->reserve(be->impl, bytes ? bytes : 1, p);
+    if (st != VF_OK)
+        return vf_error(st, "%s backend: reserving %zu bytes: %s", be->info.name, bytes,
+                        be->ops->last_error(be->impl));
+    return VF_OK;
+}
+
+void vf_be_set_allocator(vf_backend *be, const vf_be_allocator *a) { be->ops->set_allocator(be->impl, a); }
+
+void vf_be_unreserve(vf_backend *be, void *p)
+{
+    if (p)
+        be->ops->unreserve(be->impl, p);
+}
+
+vf_status vf_be_pinned_alloc(vf_backend *be, size_t bytes, void **p)
+{
+    *p = NULL;
+    vf_status st = be->ops->pinned_alloc(be->impl, bytes ? bytes : 1, p);
+    if (st != VF_OK)
+        return vf_error(st, "%s backend: page-locking %zu host bytes: %s", be->info.name, bytes,
+                        be->ops->last_error(be->impl));
+    return VF_OK;
+}
+
+void vf_be_pinned_free(vf_backend *be, void *p)
+{
+    if (p)
+        be->ops->pinned_free(be->impl, p);
+}
+
+vf_status vf_be_dequant(vf_backend *be, vf_dbuf *dst, const void *src, vf_dtype fmt, int OC, int C, int KH,
+                        int KW)
+{
+    PTRS("dequant", dst, src);
+    if (fmt != VF_DTYPE_F8_E4M3 && fmt != VF_DTYPE_Q8 && fmt != VF_DTYPE_Q4)
+        return bad("dequant", "format must be F8_E4M3, Q8 or Q4");
+    if (OC <= 0 || C <= 0 || KH <= 0 || KW <= 0)
+        return bad("dequant", "dims must be positive");
+    CALL(be, dequant, dst, src, fmt, OC, C, KH, KW);
+}
+
 vf_dbuf *vf_be_at(const vf_backend *be, vf_dbuf *p, size_t n)
 {
     return (vf_dbuf *)((char *)p + n * be->esize);

@@ -239,6 +239,41 @@ vf_status vf_be_tokens_to_fm(vf_backend *be, vf_dbuf *y, const vf_dbuf *x, int B
 vf_status vf_be_timestep_embedding(vf_backend *be, vf_dbuf *out, const float *t, int B, int dim,
                                    int flip_sin_to_cos, float downscale_freq_shift);
 
+/* ---- the memory manager's raw memory (mem/device_cuda.c) ---------------------- */
+
+/* Where buffers and kernel workspaces come from once the memory manager owns
+ * the device: every vf_be_alloc and every transient workspace an op takes is
+ * carved from the model's arena through alloc/free (host code in the core,
+ * called from the op that needs it; frees happen in issue order, which is
+ * stream order since all compute is on one stream). workspace_limit caps what
+ * one op may take as workspace (cuDNN algorithms needing more are skipped; 0:
+ * the backend's default). Set it only while no vf_be_alloc buffer is live;
+ * NULL returns to the backend's own pool. */
+typedef struct vf_be_allocator {
+    vf_status (*alloc)(void *ctx, size_t bytes, void **p);
+    void (*free)(void *ctx, void *p);
+    void *ctx;
+    size_t workspace_limit;
+} vf_be_allocator;
+void vf_be_set_allocator(vf_backend *be, const vf_be_allocator *a);
+
+/* One plain device allocation of bytes (the arena's region: cudaMalloc, not the
+ * stream-ordered pool), and its release (waits for queued work first). */
+vf_status vf_be_reserve(vf_backend *be, size_t bytes, void **p);
+void vf_be_unreserve(vf_backend *be, void *p);
+/* Page-locked host memory (cudaHostAlloc; malloc on the CPU). */
+vf_status vf_be_pinned_alloc(vf_backend *be, size_t bytes, void **p);
+void vf_be_pinned_free(vf_backend *be, void *p);
+
+/* A quantized weight, on the compute stream: src is the device copy of a
+ * packed tensor of format fmt (VF_DTYPE_F8_E4M3, VF_DTYPE_Q8 or VF_DTYPE_Q4,
+ * logical (OC,C,KH,KW), packed in that order as src/core/quant.h describes),
+ * dst receives OC*C*KH*KW elements of the compute dtype in the backend's filter
+ * layout (a linear weight is KH = KW = 1). src may be anywhere in device
+ * memory (an arena slot), dst must not overlap it. */
+vf_status vf_be_dequant(vf_backend *be, vf_dbuf *dst, const void *src, vf_dtype fmt, int OC, int C, int KH,
+                        int KW);
+
 /* Host helper: (OC,C,KH,KW) -> (OC,KH,KW,C), esize-byte elements. */
 void vf_conv_weight_to_ohwi(void *dst, const void *src, size_t esize, int OC, int C, int KH, int KW);
 
@@ -248,7 +283,7 @@ void vf_conv_weight_to_ohwi(void *dst, const void *src, size_t esize, int OC, in
  * failure last_error(impl) gives the backend's message for the latest failure
  * (the wrappers above prefix it with the op's name). Dims were validated by
  * the wrappers (positive, products fit size_t, G divides C, ...). */
-#define VF_BACKEND_ABI 2
+#define VF_BACKEND_ABI 3
 
 typedef struct vf_backend_ops {
     int abi;                        /* VF_BACKEND_ABI                           */
@@ -299,6 +334,14 @@ typedef struct vf_backend_ops {
                                     int flip_sin_to_cos, float downscale_freq_shift);
     /* ABI 2 */
     void (*mem_stats)(void *impl, vf_be_mem_stats *s, int reset_peak);
+    /* ABI 3: the memory manager's raw memory and quantized weights */
+    vf_status (*reserve)(void *impl, size_t bytes, void **p);
+    void (*unreserve)(void *impl, void *p);
+    vf_status (*pinned_alloc)(void *impl, size_t bytes, void **p);
+    void (*pinned_free)(void *impl, void *p);
+    vf_status (*dequant)(void *impl, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH,
+                         int KW);
+    void (*set_allocator)(void *impl, const vf_be_allocator *a);
 } vf_backend_ops;
 
 /* What the CPU backend and the plugin provide. */

@@ -31,6 +31,7 @@ int vf_cmd_tokenize(int argc, char **argv);
 int vf_cmd_encode(int argc, char **argv);
 int vf_cmd_generate(int argc, char **argv);
 int vf_cmd_synth(int argc, char **argv);
+int vf_cmd_quantize(int argc, char **argv);
 int vf_cmd_plan(int argc, char **argv);
 int vf_cmd_bench(int argc, char **argv);
 

@@ -12,9 +12,12 @@
  * decoder are still timed on their own.
  *
  * Memory: the driver's view (total - free from cudaMemGetInfo, sampled after
- * every stage; the pool keeps what it reserves, so the last sample is the
- * process peak, context and library handles included) and the backend's own
- * (pool high-water mark per stage + resident weights + kernel workspaces).
+ * every stage; the arena is one allocation made once and nothing is returned
+ * to the driver mid-run, so the largest sample is the process peak, context
+ * and library handles included) and the arena's own high-water mark per stage
+ * (resident weights + staging ring + activations + kernel workspaces: on CUDA
+ * everything is carved from it). --vram-budget and --offload run the same
+ * measurement under the memory manager's plans.
  * Host link: bytes through upload/download per stage and per step, and the
  * weight upload (stored bytes) with its rate. --profile adds a per-op device
  * time breakdown of one UNet forward and one decode.
@@ -35,8 +38,9 @@
 #define PROF_ROWS 32
 
 typedef struct bench_args {
-    const char *model, *backend, *prompt, *negative, *tokenizer;
-    int width, height, steps, runs, json, profile, vae_only;
+    const char *model, *backend, *prompt, *negative, *tokenizer, *offload, *dtype, *lora;
+    uint64_t budget;
+    int width, height, steps, runs, json, profile, vae_only, no_decode;
     float cfg;
 } bench_args;
 
@@ -71,7 +75,9 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: vramfit bench --model PATH [--width W --height H] [--steps N] [--cfg X]\n"
             "                     [--backend cpu|cuda|cuda:f16|cuda:bf16] [--runs R] [--prompt TEXT]\n"
-            "                     [--negative TEXT] [--tokenizer DIR] [--profile] [--vae-only] [--json]\n\n"
+            "                     [--negative TEXT] [--tokenizer DIR] [--vram-budget SIZE] [--offload S]\n"
+            "                     [--dtype POLICY] [--lora FILE]\n"
+            "                     [--profile] [--vae-only] [--json]\n\n"
             "Times prompt encoding, each denoising step, the UNet alone, the VAE decode in\n"
             "the pipeline and alone\n"
             "(medians of R timed runs after one warm-up, device-timed with events), and\n"
@@ -81,7 +87,14 @@ static void usage(FILE *f)
             "  --cfg X                 guidance scale (default 5; > 1 runs the UNet at batch 2)\n"
             "  --backend B             compute backend (default cpu)\n"
             "  --runs R                timed runs (default 3)\n"
+            "  --vram-budget SIZE      device memory the run may hold, context included (6G, 512M)\n"
+            "  --offload S             auto|full-gpu|cpu-offload|sequential|stream (default auto)\n"
+            "  --lora FILE             apply a LoRA at strength 1 (merged as weights are converted)\n"
+            "  --dtype P               dtype policy: auto, fast, f16, bf16, f8, q8, q4 (weights of the\n"
+            "                          UNet and text encoders stored packed, expanded on the device)\n"
             "  --profile               per-op device time of one UNet forward and one decode\n"
+            "  --no-decode             stop each run after denoising (budget sweeps: a VAE the\n"
+            "                          plan keeps on the CPU would dominate the run)\n"
             "  --vae-only              load only the VAE and time the decoder alone: its peak\n"
             "                          is then that of a decode on its own (weights included)\n"
             "  --json                  one JSON object on stdout\n");
@@ -108,6 +121,10 @@ static int parse_args(int argc, char **argv, bench_args *a)
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (vf_cli_is_help(o))
             return -1;
+        if (strcmp(o, "--no-decode") == 0) {
+            a->no_decode = 1;
+            continue;
+        }
         if (strcmp(o, "--json") == 0 || strcmp(o, "--profile") == 0 || strcmp(o, "--vae-only") == 0) {
             *(o[2] == 'j' ? &a->json : o[2] == 'p' ? &a->profile : &a->vae_only) = 1;
             continue;
@@ -128,6 +145,14 @@ static int parse_args(int argc, char **argv, bench_args *a)
             a->negative = v;
         else if (strcmp(o, "--tokenizer") == 0)
             a->tokenizer = v;
+        else if (strcmp(o, "--offload") == 0)
+            a->offload = v;
+        else if (strcmp(o, "--dtype") == 0)
+            a->dtype = v;
+        else if (strcmp(o, "--lora") == 0)
+            a->lora = v;
+        else if (strcmp(o, "--vram-budget") == 0)
+            bad = vf_parse_size(v, &a->budget) != VF_OK || a->budget == 0;
         else if (strcmp(o, "--width") == 0)
             bad = parse_int(v, 8, 16384, &a->width);
         else if (strcmp(o, "--height") == 0)
@@ -199,11 +224,34 @@ static void sample_driver(bench *b)
         b->workspace = ws;
 }
 
+/* The arena's high-water mark since the last reset (the backend pool's where
+ * there is no arena: the CPU reports 0). */
 static uint64_t pool_peak(bench *b, int reset)
 {
+    vf_arena *ar = b->m->mm.arena;
+    if (ar) {
+        uint64_t p = vf_arena_peak(ar);
+        if (reset)
+            vf_arena_reset_peak(ar);
+        return p;
+    }
     vf_be_mem_stats s;
     vf_be_mem_stats_get(b->be, &s, reset);
     return s.peak;
+}
+
+/* Arena bytes of weights under the plan (resident + ring), of every component or one. */
+static uint64_t weight_bytes(bench *b, int only)
+{
+    uint64_t n = 0;
+    for (int c = 0; c < VF_COMPONENT_COUNT; c++) {
+        vf_component_placement pl;
+        if ((only >= 0 && c != only) || vf_model_component_placement(b->m, (vf_component)c, &pl) != VF_OK)
+            continue;
+        n += pl.resident_bytes + pl.ring_bytes;
+    }
+    vf_clear_error();
+    return n;
 }
 
 /* Progress callback: an event at the start of every denoising step and at its end. */
@@ -272,6 +320,8 @@ static vf_status one_run(bench *b, int timed)
     b->pool_peak_unet = pool_peak(b, 1);
     sample_driver(b);
     vf_be_link_bytes(b->be, &h0, &d0);
+    if (b->a->no_decode)
+        goto done;
     if (st == VF_OK)
         st = vf_be_record(b->be, b->t0, VF_STREAM_COMPUTE);
     if (st == VF_OK)
@@ -285,6 +335,7 @@ static vf_status one_run(bench *b, int timed)
     b->d2h_dec = d1 - d0;
     b->pool_peak_dec = pool_peak(b, 1);
     sample_driver(b);
+done:
     vf_image_free(img);
     vf_latents_free(l);
     vf_embeddings_free(e);
@@ -413,11 +464,21 @@ static vf_status bench_run(bench *b)
 {
     const bench_args *a = b->a;
     vf_model_options o;
+    vf_pipeline_options po;
     vf_model_options_init(&o);
+    vf_pipeline_options_init(&po);
     o.backend = a->backend;
     o.tokenizer_dir = a->tokenizer;
+    o.pipeline = &po;
+    po.vram_budget = a->budget;
+    if (a->offload)
+        VF_TRY(vf_offload_strategy_parse(a->offload, &po.offload));
+    if (a->dtype)
+        VF_TRY(vf_dtype_policy_parse(a->dtype, &po.dtype_policy));
     VF_TRY(vf_model_open(a->model, &o, &b->m));
     b->be = vf_model_backend(b->m);
+    if (a->lora)
+        VF_TRY(vf_model_add_lora(b->m, a->lora, 1.0f, NULL));
     default_size(b->m, &b->width, &b->height);
     sample_driver(b);
     b->driver_open = b->driver_peak;
@@ -427,19 +488,23 @@ static vf_status bench_run(bench *b)
     VF_TRY(vf_be_event_create(b->be, &b->t1));
     uint64_t h0, h1;
     vf_be_link_bytes(b->be, &h0, NULL);
+    /* Plan for the benchmark's request, then load what the plan keeps. */
+    vf_mm_request rq;
+    vf_mm_request_make(&rq, b->width, b->height, a->steps, a->cfg);
+    VF_TRY(vf_mm_prepare(b->m, &rq));
     double t = host_s();
     if (a->vae_only) {
-        vf_exec x;
-        VF_TRY(vf_model_exec(b->m, VF_COMPONENT_VAE, NULL, &x));
-        if (x.wc)
-            VF_TRY(vf_wcache_load_all(x.wc));
+        vf_residency *r;
+        VF_TRY(vf_model_residency(b->m, VF_COMPONENT_VAE, &r));
+        VF_TRY(vf_residency_load(r));
     } else {
-        VF_TRY(vf_model_load_backend(b->m));
+        VF_TRY(vf_model_load(b->m));
     }
+    VF_TRY(vf_be_sync(b->be));
     b->load_s = host_s() - t;
     vf_be_link_bytes(b->be, &h1, NULL);
     b->load_bytes = h1 - h0;
-    b->weights = vf_model_backend_weight_bytes(b->m);
+    b->weights = weight_bytes(b, -1);
     sample_driver(b);
     if (a->vae_only)
         return decode_only(b, a->runs + 2);
@@ -451,7 +516,8 @@ static vf_status bench_run(bench *b)
     if (st != VF_OK)
         snprintf(b->gen_error, sizeof b->gen_error, "%s", vf_last_error());
     VF_TRY(unet_only(b, a->runs * a->steps));
-    VF_TRY(decode_only(b, a->runs + 2));
+    if (!a->no_decode)
+        VF_TRY(decode_only(b, a->runs + 2));
     for (int i = 0; i < b->nprof_unet; i++)
         b->prof_unet_ms += b->prof_unet[i].ms;
     for (int i = 0; i < b->nprof_vae; i++)
@@ -515,21 +581,33 @@ static void report(bench *b)
     const bench_args *a = b->a;
     double enc = median(&b->enc), step = median(&b->step), unet = median(&b->unet), dec = median(&b->dec);
     double vae = median(&b->vae);
-    uint64_t wv = vf_wcache_bytes(b->m->wc[VF_COMPONENT_VAE]);
-    /* The weight cache allocates from the pool: pool peaks include every
-     * resident weight; activations are what lies above them. */
+    uint64_t wv = weight_bytes(b, VF_COMPONENT_VAE);
+    /* The arena holds the weights (resident and ring) for the whole run:
+     * activations and workspaces are what lies above them. */
     uint64_t act_unet = b->pool_peak_unet > b->weights ? b->pool_peak_unet - b->weights : 0;
     uint64_t act_dec = b->pool_peak_dec > b->weights ? b->pool_peak_dec - b->weights : 0;
     uint64_t act_vae = b->pool_peak_vae > b->weights ? b->pool_peak_vae - b->weights : 0;
-    uint64_t be_peak_unet = b->pool_peak_unet + b->workspace;
-    uint64_t be_peak_dec = act_dec + wv + b->workspace;
-    uint64_t be_peak_vae = act_vae + wv + b->workspace;
+    uint64_t be_peak_unet = b->pool_peak_unet;
+    uint64_t be_peak_dec = b->pool_peak_dec;
+    uint64_t be_peak_vae = b->pool_peak_vae;
+    const vf_mm *mm = &b->m->mm;
+    const vf_plan *plan = NULL;
+    vf_plan_summary ps;
+    memset(&ps, 0, sizeof ps);
+    if (vf_model_get_plan(b->m, &plan) == VF_OK)
+        vf_plan_get_summary(plan, &ps);
+    vf_clear_error();
     if (a->json) {
         printf("{\n  \"model\": ");
         json_str(a->model);
         printf(", \"backend\": \"%s\", \"device\": ", bi->name);
         json_str(bi->device);
         printf(", \"dtype\": \"%s\",\n", vf_dtype_name(bi->dtype));
+        printf("  \"strategy\": \"%s\", \"budget_bytes\": %llu, \"context_bytes\": %llu, \"arena_bytes\": %llu, "
+               "\"ring_depth\": %d, \"link_bandwidth\": %llu, \"predicted_step_ms\": %.3f,\n",
+               vf_offload_strategy_name(ps.strategy), (unsigned long long)mm->budget,
+               (unsigned long long)mm->context, (unsigned long long)mm->arena_bytes, ps.ring_depth,
+               (unsigned long long)mm->link_bandwidth, ps.time_per_step * 1e3);
         printf("  \"width\": %d, \"height\": %d, \"steps\": %d, \"cfg\": %g, \"runs\": %d,\n", b->width, b->height,
                a->steps, (double)a->cfg, a->runs);
         printf("  \"encode_ms\": %.3f, \"step_ms\": %.3f, \"unet_ms\": %.3f, \"decode_ms\": %.3f, \"vae_ms\": %.3f,\n",
@@ -566,18 +644,22 @@ static void report(bench *b)
     }
     printf("model %s\nbackend %s (%s, %s)  %dx%d  steps %d  cfg %g  runs %d (medians)\n", a->model, bi->name,
            bi->device, vf_dtype_name(bi->dtype), b->width, b->height, a->steps, (double)a->cfg, a->runs);
+    printf("plan            %s, budget %.1f MiB, context %.1f MiB, arena %.1f MiB, ring depth %d, link %.1f GB/s, "
+           "predicted step %.2f ms\n", vf_offload_strategy_name(ps.strategy), mib(mm->budget), mib(mm->context),
+           mib(mm->arena_bytes), ps.ring_depth, (double)mm->link_bandwidth / 1e9, ps.time_per_step * 1e3);
     printf("encode prompt   %9.2f ms\n", enc);
     printf("denoising step  %9.2f ms   (UNet alone %.2f ms)\n", step, unet);
-    printf("VAE decode      %9.2f ms   (decoder alone %.2f ms, peak %.1f MiB: activations %.1f + VAE weights "
-           "%.1f + workspace %.1f)\n", dec, vae, mib(be_peak_vae), mib(act_vae), mib(wv), mib(b->workspace));
+    printf("VAE decode      %9.2f ms   (decoder alone %.2f ms, arena peak %.1f MiB: weights in the arena %.1f "
+           "(VAE %.1f) + activations and workspaces %.1f)\n", dec, vae, mib(be_peak_vae), mib(b->weights), mib(wv),
+           mib(act_vae));
     if (b->gen_error[0])
         printf("generation failed: %s\n", b->gen_error);
-    printf("weights         %9.1f MiB on the backend, %.1f MiB uploaded in %.2f s (%.2f GB/s)\n", mib(b->weights),
+    printf("weights         %9.1f MiB in the arena, %.1f MiB uploaded in %.2f s (%.2f GB/s)\n", mib(b->weights),
            mib(b->load_bytes), b->load_s, b->load_s > 0 ? (double)b->load_bytes / b->load_s / 1e9 : 0.0);
     printf("driver memory   %9.1f MiB used after open (context), %.1f MiB peak, of %.1f MiB\n",
            mib(b->driver_open), mib(b->driver_peak), mib(b->driver_total));
-    printf("backend peak    %9.1f MiB denoising (weights %.1f + activations %.1f + workspace %.1f)\n",
-           mib(be_peak_unet), mib(b->weights), mib(act_unet), mib(b->workspace));
+    printf("arena peak      %9.1f MiB denoising (weights %.1f + activations and workspaces %.1f)\n",
+           mib(be_peak_unet), mib(b->weights), mib(act_unet));
     printf("host link       %9.2f MiB up / %.2f MiB down per step; decode %.2f up / %.2f down\n",
            mib(b->h2d_step), mib(b->d2h_step), mib(b->h2d_dec), mib(b->d2h_dec));
     if (b->nprof_unet)

@@ -7,6 +7,13 @@
  * because that is what image viewers and other UIs parse to show or re-use the
  * settings.
  *
+ * Without --model it runs the trained demo model (tools/demo/), looked for in
+ * $VF_DEMO_MODEL, then beside the installed command (<prefix>/share/vramfit/demo,
+ * found from /proc/self/exe so that `cmake --install --prefix P` works), then in
+ * the configured install prefix, then in the source tree's models/demo, so that
+ * `./build/vramfit generate --prompt ...` works straight after a build. The
+ * places come from cmake/packaging.cmake as compile definitions.
+ *
  * Ctrl-C: the SIGINT handler only sets a flag; the progress callback, which
  * the library calls at least once per UNet call, returns it, so the run stops
  * cleanly between steps (exit 130, nothing written). The handler is installed
@@ -30,6 +37,7 @@
 #include <unistd.h>
 
 #define VF_EXIT_CANCELLED 130
+#define VF_GEN_MAX_LORAS 32
 
 static volatile sig_atomic_t g_interrupted;
 
@@ -44,14 +52,17 @@ typedef struct gen_args {
     const char *steps, *cfg, *width, *height, *seed, *sampler;
     const char *backend;          /* --backend cpu|cuda[:f16|:bf16] */
     int quiet;
+    const char *lora[VF_GEN_MAX_LORAS]; /* --lora PATH[:STRENGTH], in order   */
+    int nlora;
     vf_gen_mem_args mem;          /* --device, --vram-budget, ... (gen_memory.h) */
     vf_gen_report_args rep;       /* --prompt-syntax, --preview, --json (gen_report.h) */
+    char model_buf[PATH_MAX];     /* the demo model's folder when --model is absent */
 } gen_args;
 
 static void gen_usage(FILE *f)
 {
     fprintf(f,
-            "usage: vramfit generate --model PATH --prompt TEXT [--negative TEXT] [--steps N]\n"
+            "usage: vramfit generate [--model PATH] --prompt TEXT [--negative TEXT] [--steps N]\n"
             "                        [--cfg X] [--width W] [--height H] [--seed S]\n"
             "                        [--sampler euler|euler_a|ddim|dpmpp_2m|pndm] [--tokenizer DIR]\n"
             "                        [--config DIR] [--dump FILE.safetensors] [--quiet]\n"
@@ -59,10 +70,15 @@ static void gen_usage(FILE *f)
             "                        [--preview-output FILE] [--json]\n"
             "                        [--device DEV] [--vram-budget SIZE] [--offload MODE]\n"
             "                        [--loading MODE] [--dtype POLICY] [--stats] [--backend B]\n"
+            "                        [--lora PATH[:STRENGTH]]...\n"
             "                        --output FILE.png\n\n"
             "Generates an image from a prompt on the CPU (float32), the way diffusers'\n"
             "StableDiffusion(XL)Pipeline does: the same seed gives the same image.\n\n"
-            "  --model PATH      diffusers folder or single-file .safetensors checkpoint\n"
+            "  --model PATH      diffusers folder or single-file .safetensors checkpoint;\n"
+            "                    default: the demo model (64x64 coloured shapes: \"a red circle\n"
+            "                    on a blue background\", \"two yellow squares\"), from\n"
+            "                    $VF_DEMO_MODEL, else <prefix>/share/vramfit/demo, else the\n"
+            "                    source tree's models/demo\n"
             "  --prompt TEXT     the prompt, in --prompt-syntax (default: AUTOMATIC1111's)\n"
             "  --negative TEXT   the negative prompt (default: none; SDXL then uses zeros)\n"
             "  --steps N         denoising steps (default 20)\n"
@@ -80,6 +96,11 @@ static void gen_usage(FILE *f)
             "  --dump FILE       also write every intermediate tensor (safetensors)\n"
             "  --backend B       cpu (default, float32) or cuda, cuda:f16, cuda:bf16: compute on\n"
             "                    the GPU through libvramfit-cuda.so, all weights resident\n"
+            "  --lora PATH[:STRENGTH]\n"
+            "                    apply a LoRA (.safetensors, kohya or diffusers/PEFT format) at\n"
+            "                    STRENGTH (default 1; negative allowed); repeatable, up to 32,\n"
+            "                    each with its own strength. What each matched is printed to\n"
+            "                    stderr (unless --quiet), with its keys that match nothing\n"
             "  --quiet           no progress output\n"
             "  --output FILE     the PNG to write\n\n"
             "Exit status: 0 done, 1 failed (the message says why), 2 bad usage,\n"
@@ -87,6 +108,77 @@ static void gen_usage(FILE *f)
     vf_gen_mem_usage(f);
     fputc('\n', f);
     vf_gen_report_usage(f);
+}
+
+/* Splits "PATH[:STRENGTH]": the text after the last ':' is the strength when
+ * it is a number; otherwise the whole text is the path (strength 1). -1 when
+ * the tail looks like a number but is not one (a typo, not a file name). */
+static int lora_spec(const char *spec, char *path, size_t cap, float *strength)
+{
+    const char *colon = strrchr(spec, ':');
+    *strength = 1.0f;
+    if (colon && colon[1]) {
+        char *end;
+        errno = 0;
+        double v = strtod(colon + 1, &end);
+        if (!*end) {
+            *strength = (float)v;
+            snprintf(path, cap, "%.*s", (int)(colon - spec), spec);
+            return colon > spec && !errno && isfinite(v) && isfinite(*strength) ? 0 : -1;
+        }
+        if (strchr("+-.0123456789", colon[1]))
+            return -1;
+    }
+    snprintf(path, cap, "%s", spec);
+    return 0;
+}
+
+/* --lora VALUE: 0, or -1 after printing why. */
+static int lora_arg(int argc, char **argv, int *i, gen_args *a)
+{
+    char path[PATH_MAX];
+    float s;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "vramfit generate: --lora needs a value (PATH or PATH:STRENGTH)\n");
+        return -1;
+    }
+    const char *v = argv[++*i];
+    if (lora_spec(v, path, sizeof path, &s)) {
+        fprintf(stderr, "vramfit generate: --lora '%s': expected PATH or PATH:STRENGTH with a finite number\n", v);
+        return -1;
+    }
+    if (a->nlora >= VF_GEN_MAX_LORAS) {
+        fprintf(stderr, "vramfit generate: more than %d --lora\n", VF_GEN_MAX_LORAS);
+        return -1;
+    }
+    a->lora[a->nlora++] = v;
+    return 0;
+}
+
+/* Adds the --lora files to m, saying on stderr what each matched. */
+static vf_status apply_loras(const gen_args *a, vf_model *m)
+{
+    for (int i = 0; i < a->nlora; i++) {
+        char path[PATH_MAX];
+        float s;
+        vf_lora_info li;
+        (void)lora_spec(a->lora[i], path, sizeof path, &s);
+        vf_status st = vf_model_add_lora(m, path, s, &li);
+        if (st != VF_OK)
+            return st;
+        if (a->quiet)
+            continue;
+        fprintf(stderr, "lora %s: strength %g, %d weights (", path, (double)li.strength, li.weights);
+        for (int c = 0, first = 1; c < VF_COMPONENT_COUNT; c++) {
+            if (!li.weights_by_component[c])
+                continue;
+            fprintf(stderr, "%s%s %d", first ? "" : ", ", vf_component_name((vf_component)c),
+                    li.weights_by_component[c]);
+            first = 0;
+        }
+        fprintf(stderr, "), rank %d, %d of %d keys match nothing\n", li.rank, li.unmatched_keys, li.keys);
+    }
+    return VF_OK;
 }
 
 /* 0 on success, -1 for --help, VF_EXIT_USAGE after printing why. */
@@ -105,6 +197,11 @@ static int parse_args(int argc, char **argv, gen_args *a)
             return -1;
         if (strcmp(argv[i], "--quiet") == 0 || strcmp(argv[i], "-q") == 0) {
             a->quiet = 1;
+            continue;
+        }
+        if (strcmp(argv[i], "--lora") == 0) {
+            if (lora_arg(argc, argv, &i, a))
+                return VF_EXIT_USAGE;
             continue;
         }
         int mem = vf_gen_mem_parse_arg(argc, argv, &i, &a->mem);
@@ -131,7 +228,7 @@ static int parse_args(int argc, char **argv, gen_args *a)
         }
         *slots[k] = argv[++i];
     }
-    const char *missing = !a->model ? "--model" : !a->prompt ? "--prompt" : !a->output ? "--output" : NULL;
+    const char *missing = !a->prompt ? "--prompt" : !a->output ? "--output" : NULL;
     if (missing) {
         fprintf(stderr, "vramfit generate: %s is required\n", missing);
         gen_usage(stderr);
@@ -287,6 +384,82 @@ static vf_status write_png(const gen_args *a, const vf_generate_params *p, vf_sa
     return st;
 }
 
+#ifndef VF_BIN_TO_DATADIR
+#define VF_BIN_TO_DATADIR "../share"
+#endif
+
+/* 1 when dir holds a diffusers model_index.json. */
+static int is_model_dir(const char *dir)
+{
+    char path[PATH_MAX];
+    int n = snprintf(path, sizeof path, "%s/model_index.json", dir);
+    return n > 0 && (size_t)n < sizeof path && access(path, R_OK) == 0;
+}
+
+/* Appends "dir" to the list of places looked in (for the error message). */
+static void looked_add(char *looked, size_t cap, const char *dir)
+{
+    size_t n = strlen(looked);
+    if (n < cap)
+        snprintf(looked + n, cap - n, "%s%s", n ? ", " : "", dir);
+}
+
+/* dst = a + b (b starts with '/'); 0, or -1 when it does not fit. */
+static int path_cat(char dst[PATH_MAX], const char *a, const char *b)
+{
+    int n = snprintf(dst, PATH_MAX, "%s%s", a, b);
+    return n > 0 && n < PATH_MAX ? 0 : -1;
+}
+
+/* The demo model's folder into a->model_buf: $VF_DEMO_MODEL (taken as given),
+ * else the first candidate holding a model_index.json. 0 on success; else
+ * prints where it looked and returns VF_EXIT_FAIL. */
+static int find_demo_model(gen_args *a)
+{
+    const char *env = getenv("VF_DEMO_MODEL");
+    if (env && env[0]) {
+        if (access(env, F_OK) != 0 || path_cat(a->model_buf, env, "") != 0) {
+            fprintf(stderr, "vramfit generate: no --model given, and VF_DEMO_MODEL names '%s', which does not "
+                    "exist\n", env);
+            return VF_EXIT_FAIL;
+        }
+        a->model = a->model_buf;
+        return 0;
+    }
+    char cand[3][PATH_MAX], exe[PATH_MAX];
+    int nc = 0;
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len > 0) {
+        exe[len] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash)
+            *slash = 0;
+        nc += path_cat(cand[nc], exe, "/" VF_BIN_TO_DATADIR "/vramfit/demo") == 0;
+    }
+#ifdef VF_DATADIR
+    nc += path_cat(cand[nc], VF_DATADIR, "/vramfit/demo") == 0;
+#endif
+#ifdef VF_SOURCE_DIR
+    nc += path_cat(cand[nc], VF_SOURCE_DIR, "/models/demo") == 0;
+#endif
+    char looked[3 * PATH_MAX + 64] = "$VF_DEMO_MODEL (unset)";
+    for (int i = 0; i < nc; i++) {
+        char real[PATH_MAX];
+        const char *dir = realpath(cand[i], real) ? real : cand[i];
+        if (is_model_dir(dir) && path_cat(a->model_buf, dir, "") == 0) {
+            a->model = a->model_buf;
+            return 0;
+        }
+        looked_add(looked, sizeof looked, cand[i]);
+    }
+    fprintf(stderr,
+            "vramfit generate: no --model given and no demo model found (looked in %s).\n"
+            "Give --model PATH (a diffusers folder or a .safetensors checkpoint), set VF_DEMO_MODEL,\n"
+            "or train the demo model with tools/demo/train.py (see tools/demo/README.md).\n",
+            looked);
+    return VF_EXIT_FAIL;
+}
+
 static int run(const gen_args *a, vf_generate_params *p, int random)
 {
     vf_model_options o;
@@ -311,6 +484,8 @@ static int run(const gen_args *a, vf_generate_params *p, int random)
     vf_gen_run_init(&rr, &a->rep, p);
     double t0 = vf_progress_now();
     vf_status st = vf_model_open(a->model, &o, &m);
+    if (st == VF_OK)
+        st = apply_loras(a, m);
     if (st == VF_OK)
         vf_gen_run_loaded(&rr, m);
     if (st == VF_OK)
@@ -352,7 +527,9 @@ int vf_cmd_generate(int argc, char **argv)
         gen_usage(stdout);
     if (rc)
         return rc < 0 ? VF_EXIT_OK : rc;
-    rc = make_params(&a, &p, &random);
+    rc = a.model ? 0 : find_demo_model(&a);
+    if (rc == 0)
+        rc = make_params(&a, &p, &random);
     if (rc == 0)
         rc = vf_gen_report_finish(&a.rep, a.output, &p);
     if (rc) {

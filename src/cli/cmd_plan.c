@@ -32,7 +32,9 @@ static void usage(FILE *f)
             "                      (default: free VRAM at start minus max(256 MiB, 5%%))\n"
             "  --offload MODE      auto (default), full-gpu, cpu-offload, sequential, stream\n"
             "  --no-stream         auto chooses among the other four only\n"
-            "  --dtype POLICY      auto (UNet F16; text encoders, VAE F32), f16, bf16, f32\n"
+            "  --dtype POLICY      weight storage: auto (the highest precision that fits\n"
+            "                      without streaming at full speed: f32, f16 or q8), fast\n"
+            "                      (f16, or q8 where faster), f32, f16, bf16, f8, q8, q4\n"
             "  --width W, --height H  image size (default: the model's native size)\n"
             "  --steps N           denoising steps (default 20)\n"
             "  --cfg X             guidance scale (default 7.5; <= 1: no guidance, batch 1)\n"
@@ -222,6 +224,7 @@ static void print_header(const vf_plan *p, const char *model)
     }
     printf("strategy:  %s\n", vf_offload_strategy_name(p->strategy));
     printf("reason:    %s\n", p->reason);
+    printf("dtypes:    %s\n", p->dtype_reason);
     printf("peak:      GPU %s (encode %s, denoise %s, decode %s); host %s\n",
            bytes_str(p->peak_device, a, sizeof a), bytes_str(p->stage_peak[0], b, sizeof b),
            bytes_str(p->stage_peak[1], c, sizeof c), bytes_str(p->stage_peak[2], d, sizeof d),

@@ -76,7 +76,9 @@ void vf_gen_mem_usage(FILE *f)
             "  --offload MODE    auto (default), full-gpu, cpu-offload, sequential, stream\n"
             "  --loading MODE    on-demand (default: weights read when a stage needs them) or\n"
             "                    eager (loaded when the model opens)\n"
-            "  --dtype POLICY    auto (default), fast or f32 (cpu and sim compute in f32)\n"
+            "  --dtype POLICY    auto (default), fast, f32 (cpu, sim), f16 or bf16 (cuda), or a quantized\n"
+            "                    storage: f8, q8, q4 (UNet and text encoder weights kept packed, expanded\n"
+            "                    right before use; the cpu rounds them so its results match a device's)\n"
             "  --stats           print the plan and the measured peak device and host memory\n"
             "                    per stage (encode_prompt, denoise, decode) and overall\n");
 }
@@ -116,9 +118,12 @@ static void print_plan(FILE *f, vf_model *m, const char *model_path)
     fprintf(f, "stats: plan command: vramfit plan %s --vram-budget %llu --free-vram %llu --context %llu",
             model_path, (unsigned long long)s.budget, (unsigned long long)p->res.free_vram,
             (unsigned long long)p->res.context_bytes);
-    if (m->mm.sim_bandwidth)
-        fprintf(f, " --bandwidth %llu", (unsigned long long)m->mm.sim_bandwidth);
-    fprintf(f, " --dtype f32 --offload %s --width %d --height %d --steps %d --cfg %s\n",
+    if (m->mm.link_bandwidth)
+        fprintf(f, " --bandwidth %llu", (unsigned long long)m->mm.link_bandwidth);
+    vf_dtype_policy pol = m->mm.opt.dtype_policy; /* as pipeline/memory.c plans */
+    if (pol != VF_DTYPE_POLICY_F8 && pol != VF_DTYPE_POLICY_Q8 && pol != VF_DTYPE_POLICY_Q4)
+        pol = m->mm.cuda ? VF_DTYPE_POLICY_F16 : VF_DTYPE_POLICY_F32;
+    fprintf(f, " --dtype %s --offload %s --width %d --height %d --steps %d --cfg %s\n", vf_dtype_policy_name(pol),
             vf_offload_strategy_name(p->policy.strategy), p->request.width, p->request.height,
             p->request.steps, p->request.cfg ? "2" : "1");
 }

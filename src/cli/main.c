@@ -12,6 +12,7 @@ static const vf_cli_command g_commands[] = {
     {"encode", "encode a prompt to embeddings (safetensors)", vf_cmd_encode},
     {"generate", "generate an image from a prompt (PNG)", vf_cmd_generate},
     {"synth", "write a diffusers model with deterministic random weights", vf_cmd_synth},
+    {"quantize", "write a copy of a model with quantized (f8, q8, q4) or f16/bf16 weights", vf_cmd_quantize},
     {"plan", "show the memory plan for a model and request, without running", vf_cmd_plan},
     {"bench", "time a model's stages and steps, with peak memory and link traffic", vf_cmd_bench},
 };

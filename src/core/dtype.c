@@ -17,6 +17,8 @@ static const struct {
     [VF_DTYPE_U8] = {"U8", 1, 0},       [VF_DTYPE_I16] = {"I16", 2, 0},
     [VF_DTYPE_I32] = {"I32", 4, 0},     [VF_DTYPE_I64] = {"I64", 8, 0},
     [VF_DTYPE_F64] = {"F64", 8, 1},     [VF_DTYPE_BOOL] = {"BOOL", 1, 0},
+    /* packed formats: no per-element size, never read from a safetensors header */
+    [VF_DTYPE_Q8] = {"Q8", 0, 0},       [VF_DTYPE_Q4] = {"Q4", 0, 0},
 };
 
 const char *vf_dtype_name(vf_dtype t)
@@ -31,7 +33,7 @@ int vf_dtype_is_float(vf_dtype t) { return (unsigned)t < VF_DTYPE_COUNT && g_typ
 int vf_dtype_parse(const char *s, vf_dtype *out)
 {
     for (int i = 0; i < VF_DTYPE_COUNT; i++) {
-        if (strcmp(s, g_types[i].name) == 0) {
+        if (g_types[i].size && strcmp(s, g_types[i].name) == 0) {
             *out = (vf_dtype)i;
             return 0;
         }

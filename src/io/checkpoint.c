@@ -21,6 +21,7 @@
 #include "core/alloc.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/quant.h"
 #include "io/json.h"
 #include "io/keymap.h"
 
@@ -129,13 +130,17 @@ static vf_status add_view(vf_checkpoint *ck, vf_component c, const char *name, v
     t.nbytes = src->nbytes;
     t.file = f;
     t.src = src;
+    t.packed = src->packed;
     if (view == VF_VIEW_ROWS3) {
         if (src->ndim < 1 || src->shape[0] % 3 != 0)
             return vf_error(VF_ERR_SHAPE, "%s: tensor '%s': fused q/k/v has %lld rows, not a multiple of 3",
                             path, src->name, src->ndim < 1 ? 0LL : (long long)src->shape[0]);
         t.shape[0] /= 3;
-        t.nbytes = src->nbytes / 3;
+        t.nbytes = src->nbytes / 3; /* packed bytes are linear in the rows too */
         t.src_offset = (uint64_t)part * t.nbytes;
+    } else if (view == VF_VIEW_TRANSPOSE && src->packed) {
+        return vf_error(VF_ERR_UNSUPPORTED, "%s: tensor '%s': a %s tensor cannot be read transposed; store it "
+                        "unquantized", path, src->name, vf_dtype_name(src->dtype));
     } else if (view == VF_VIEW_TRANSPOSE) {
         if (src->ndim != 2)
             return vf_error(VF_ERR_SHAPE, "%s: tensor '%s': expected a 2-D projection, got %d-D", path,
@@ -688,6 +693,10 @@ const vf_ckpt_tensor *vf_checkpoint_find(const vf_checkpoint *ck, vf_component c
 
 size_t vf_checkpoint_ignored_count(const vf_checkpoint *ck) { return ck->ignored; }
 
+size_t vf_checkpoint_file_count(const vf_checkpoint *ck) { return ck->nfiles; }
+
+vf_st_file *vf_checkpoint_file(const vf_checkpoint *ck, size_t i) { return i < ck->nfiles ? ck->files[i] : NULL; }
+
 /* dst is the canonical shape (R, C) row-major; src holds (C, R). */
 static void transpose_2d(float *dst, const float *src, int64_t rows, int64_t cols)
 {
@@ -696,10 +705,62 @@ static void transpose_2d(float *dst, const float *src, int64_t rows, int64_t col
             dst[r * cols + c] = src[c * rows + r];
 }
 
+/* A packed tensor's bytes: the whole stored tensor, or the data and scale
+ * rows of a row slice (core/quant.h: vf_quant_layout). */
+static vf_status read_packed(const vf_ckpt_tensor *t, void *dst)
+{
+    const char *path = vf_st_path(t->file);
+    int64_t rows = t->shape[0], src_rows = t->src->shape[0], cols = 1;
+    for (int d = 1; d < t->ndim; d++)
+        cols *= t->shape[d];
+    size_t dr, sr;
+    if (rows == src_rows)
+        return vf_st_read(t->file, t->src, 0, dst, t->nbytes);
+    if (vf_quant_layout(t->dtype, cols, &dr, &sr) != 0 || !t->nbytes)
+        return vf_error(VF_ERR_INTERNAL, "%s: tensor '%s': no layout for its %s view", path, t->src->name,
+                        vf_dtype_name(t->dtype));
+    uint64_t r0 = t->src_offset / t->nbytes * (uint64_t)rows;
+    unsigned char *d = dst;
+    VF_TRY(vf_st_read(t->file, t->src, r0 * dr, d, (uint64_t)rows * dr));
+    return vf_st_read(t->file, t->src, (uint64_t)src_rows * dr + r0 * sr, d + (uint64_t)rows * dr,
+                      (uint64_t)rows * sr);
+}
+
+vf_status vf_checkpoint_read_raw(const vf_checkpoint *ck, const vf_ckpt_tensor *t, void *dst)
+{
+    (void)ck;
+    if (!t || !dst)
+        return vf_error(VF_ERR_INVALID_ARG, "vf_checkpoint_read_raw: no tensor or destination");
+    if (t->packed)
+        return read_packed(t, dst);
+    if (t->transpose)
+        return vf_error(VF_ERR_UNSUPPORTED, "%s: tensor '%s': a transposed view has no stored bytes of its own",
+                        vf_st_path(t->file), t->src->name);
+    return vf_st_read(t->file, t->src, t->src_offset, dst, t->nbytes);
+}
+
+static vf_status read_packed_f32(const vf_ckpt_tensor *t, float *dst)
+{
+    const char *path = vf_st_path(t->file);
+    int64_t cols = 1;
+    for (int d = 1; d < t->ndim; d++)
+        cols *= t->shape[d];
+    void *raw = vf_malloc(t->nbytes ? t->nbytes : 1);
+    if (!raw)
+        return vf_error_prefix(VF_ERR_NO_MEMORY, "%s: tensor '%s'", path, t->src->name);
+    vf_status st = read_packed(t, raw);
+    if (st == VF_OK && vf_dequantize(t->dtype, raw, t->shape[0], cols, dst) != VF_OK)
+        st = vf_error_prefix(VF_ERR_FORMAT, "%s: tensor '%s'", path, t->src->name);
+    vf_free(raw);
+    return st;
+}
+
 vf_status vf_checkpoint_read_f32(const vf_checkpoint *ck, const vf_ckpt_tensor *t, float *dst)
 {
     if (!t || !dst)
         return vf_error(VF_ERR_INVALID_ARG, "vf_checkpoint_read_f32: no tensor or destination");
+    if (t->packed)
+        return read_packed_f32(t, dst);
     const char *path = vf_st_path(t->file);
     if (!vf_dtype_is_float(t->dtype))
         return vf_error(VF_ERR_UNSUPPORTED, "%s: tensor '%s': dtype %s is not a float type", path,

@@ -33,6 +33,12 @@ typedef struct vf_ckpt_tensor {
     const vf_st_tensor *src;      /* the stored tensor it is a view of       */
     uint64_t src_offset;          /* byte offset into src (row slices)       */
     int transpose;                /* canonical = src^T (2-D)                 */
+    /* 1: a packed quantized tensor (core/quant.h) from a `vramfit quantize`
+     * file: dtype is its format (F8_E4M3, Q8 or Q4), shape the logical one,
+     * nbytes the packed bytes. A row-slice view's first row is
+     * src_offset / nbytes * shape[0] (its bytes are not contiguous in the
+     * file: read them with vf_checkpoint_read_raw, never vf_st_read). */
+    int packed;
 } vf_ckpt_tensor;
 
 typedef struct vf_checkpoint vf_checkpoint;
@@ -57,11 +63,19 @@ size_t vf_checkpoint_count(const vf_checkpoint *ck, vf_component c);
 const vf_ckpt_tensor *vf_checkpoint_at(const vf_checkpoint *ck, vf_component c, size_t i);
 /* NULL when absent (no error set). */
 const vf_ckpt_tensor *vf_checkpoint_find(const vf_checkpoint *ck, vf_component c, const char *name);
+/* The safetensors files opened (weight files and shards, each once), in
+ * opening order: what a tool rewriting the checkpoint walks. */
+size_t vf_checkpoint_file_count(const vf_checkpoint *ck);
+vf_st_file *vf_checkpoint_file(const vf_checkpoint *ck, size_t i);
 /* Stored tensors that map to nothing inference uses (position_ids, model_ema.*, ...). */
 size_t vf_checkpoint_ignored_count(const vf_checkpoint *ck);
 
 /* Reads a canonical tensor as numel float32 values (converting, slicing,
- * transposing as needed). */
+ * transposing, dequantizing as needed). */
 vf_status vf_checkpoint_read_f32(const vf_checkpoint *ck, const vf_ckpt_tensor *t, float *dst);
+/* Copies the tensor's stored bytes (t->nbytes) into dst: a packed tensor's
+ * packed bytes (gathered for a row-slice view), any other tensor's bytes as
+ * stored when it is not a transposed view (VF_ERR_UNSUPPORTED then). */
+vf_status vf_checkpoint_read_raw(const vf_checkpoint *ck, const vf_ckpt_tensor *t, void *dst);
 
 #endif

@@ -26,6 +26,7 @@
 #include "core/alloc.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/quant.h"
 #include "io/json.h"
 
 #include <errno.h>
@@ -289,6 +290,12 @@ static int cmp_name_ptr(const void *a, const void *b)
     return strcmp((*(vf_st_tensor *const *)a)->name, (*(vf_st_tensor *const *)b)->name);
 }
 
+/* Metadata pairs (key, value) by key. */
+static int cmp_meta(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 /* Zero-sized tensors sort before a tensor starting at the same offset. */
 static int cmp_offset(const void *a, const void *b)
 {
@@ -356,6 +363,9 @@ static vf_status load_entries(vf_st_file *f, const cJSON *root, uint64_t data_le
         i++;
     }
     f->n = n;
+    /* Metadata sorted by key: vf_st_metadata is a bsearch (a quantized SDXL
+     * UNet carries thousands of keys). Keys are unique (scan_entries). */
+    qsort(f->meta, f->n_meta, 2 * sizeof *f->meta, cmp_meta);
     /* Duplicates first: two entries with one name would otherwise be reported as
      * overlapping, which hides the real fault. */
     qsort(f->tensors, n, sizeof *f->tensors, cmp_name);
@@ -418,6 +428,131 @@ out:
     return st;
 }
 
+/* ---- vramfit's quantized tensors ---------------------------------------------------- */
+
+#define Q_FORMAT_KEY "vramfit.format"
+#define Q_DTYPE_PREFIX "vramfit.dtype."
+#define Q_SHAPE_PREFIX "vramfit.shape."
+
+/* "[320, 4, 3, 3]": 2 to 4 positive integers. Returns 0 on success. */
+static int parse_quant_shape(const char *s, vf_st_tensor *t)
+{
+    int nd = 0;
+    while (*s == ' ')
+        s++;
+    if (*s++ != '[')
+        return -1;
+    for (;;) {
+        while (*s == ' ')
+            s++;
+        if (*s < '1' || *s > '9' || nd == 4)
+            return -1;
+        int64_t v = 0;
+        while (*s >= '0' && *s <= '9') {
+            if (v > ((int64_t)1 << 50))
+                return -1;
+            v = v * 10 + (*s++ - '0');
+        }
+        t->shape[nd++] = v;
+        while (*s == ' ')
+            s++;
+        if (*s == ']')
+            break;
+        if (*s++ != ',')
+            return -1;
+    }
+    for (s++; *s == ' '; s++)
+        ;
+    if (*s || nd < 2)
+        return -1;
+    for (int d = nd; d < VF_MAX_DIMS; d++)
+        t->shape[d] = 0;
+    t->ndim = nd;
+    return 0;
+}
+
+static int has_prefix(const char *s, const char *prefix)
+{
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* The value of key prefix+name, without building the key. */
+static const char *meta_prefixed(const vf_st_file *f, const char *prefix, const char *name)
+{
+    size_t lo = 0, hi = f->n_meta, pl = strlen(prefix);
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const char *k = f->meta[2 * mid];
+        int c = strncmp(k, prefix, pl);
+        if (c == 0)
+            c = strcmp(k + pl, name);
+        if (c == 0)
+            return f->meta[2 * mid + 1];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+/* One "vramfit.dtype.<name>" entry: checks it and presents the tensor as packed. */
+static vf_status apply_quant_entry(vf_st_file *f, const char *name, const char *dtype)
+{
+    vf_st_tensor *t = (vf_st_tensor *)vf_st_find(f, name);
+    const char *shape = meta_prefixed(f, Q_SHAPE_PREFIX, name);
+    vf_dtype fmt = VF_DTYPE_COUNT;
+    if (!t)
+        return vf_error(VF_ERR_FORMAT, "%s: metadata '" Q_DTYPE_PREFIX "%s' names no tensor", f->path, name);
+    for (int d = 0; d < VF_DTYPE_COUNT; d++)
+        if (vf_quant_is_packed((vf_dtype)d) && strcmp(dtype, vf_dtype_name((vf_dtype)d)) == 0)
+            fmt = (vf_dtype)d;
+    if (!vf_quant_is_packed(fmt))
+        return vf_error(VF_ERR_FORMAT, "%s: tensor '%s': quantized dtype '%s' is not F8_E4M3, Q8 or Q4", f->path,
+                        name, dtype);
+    if (!shape)
+        return vf_error(VF_ERR_FORMAT, "%s: tensor '%s': no '" Q_SHAPE_PREFIX "%s' metadata for its %s bytes",
+                        f->path, name, name, dtype);
+    if (t->dtype != VF_DTYPE_U8 || t->ndim != 1)
+        return vf_error(VF_ERR_FORMAT, "%s: tensor '%s': a quantized tensor is stored as 1-D U8 bytes, not %s",
+                        f->path, name, vf_dtype_name(t->dtype));
+    vf_st_tensor q = *t;
+    if (parse_quant_shape(shape, &q) != 0)
+        return vf_error(VF_ERR_FORMAT, "%s: tensor '%s': shape '%s' is not 2 to 4 positive integers like [320, 4]",
+                        f->path, name, shape);
+    int64_t cols = 1;
+    for (int d = 1; d < q.ndim; d++)
+        cols *= q.shape[d];
+    size_t want = cols < ((int64_t)1 << 31) ? vf_quant_packed_bytes(fmt, q.shape[0], cols) : 0;
+    if (want == 0 || want != t->nbytes)
+        return vf_error(VF_ERR_FORMAT, "%s: tensor '%s': %llu bytes, but %s of shape %s packs to %zu", f->path,
+                        name, (unsigned long long)t->nbytes, dtype, shape, want);
+    q.dtype = fmt;
+    q.packed = 1;
+    *t = q;
+    return VF_OK;
+}
+
+/* Presents the tensors "vramfit quantize" stored packed (see safetensors.h). */
+static vf_status apply_quant_meta(vf_st_file *f)
+{
+    const char *ver = vf_st_metadata(f, Q_FORMAT_KEY);
+    if (!ver)
+        return VF_OK;
+    if (strcmp(ver, "1") != 0)
+        return vf_error(VF_ERR_UNSUPPORTED, "%s: " Q_FORMAT_KEY " '%s' is newer than this vramfit reads (1)",
+                        f->path, ver);
+    for (size_t i = 0; i < f->n_meta; i++) {
+        const char *k = f->meta[2 * i], *v = f->meta[2 * i + 1];
+        if (has_prefix(k, Q_DTYPE_PREFIX))
+            VF_TRY(apply_quant_entry(f, k + strlen(Q_DTYPE_PREFIX), v));
+        else if (has_prefix(k, Q_SHAPE_PREFIX) && !meta_prefixed(f, Q_DTYPE_PREFIX, k + strlen(Q_SHAPE_PREFIX)))
+            return vf_error(VF_ERR_FORMAT, "%s: metadata '%s' has no '" Q_DTYPE_PREFIX "%s'", f->path, k,
+                            k + strlen(Q_SHAPE_PREFIX));
+    }
+    return VF_OK;
+}
+
 vf_status vf_st_open(const char *path, vf_st_file **out)
 {
     if (!out)
@@ -453,6 +588,8 @@ vf_status vf_st_open(const char *path, vf_st_file **out)
     if (st != VF_OK)
         goto fail;
     st = load_entries(f, root, f->file_size - f->data_start);
+    if (st == VF_OK)
+        st = apply_quant_meta(f);
     if (st != VF_OK)
         goto fail;
     cJSON_Delete(root);
@@ -513,11 +650,10 @@ const vf_st_tensor *vf_st_find(const vf_st_file *f, const char *name)
 
 const char *vf_st_metadata(const vf_st_file *f, const char *key)
 {
-    for (size_t i = 0; key && i < f->n_meta; i++) {
-        if (strcmp(f->meta[2 * i], key) == 0)
-            return f->meta[2 * i + 1];
-    }
-    return NULL;
+    if (!key || !f->n_meta)
+        return NULL;
+    const char *const *p = bsearch(&key, f->meta, f->n_meta, 2 * sizeof *f->meta, cmp_meta);
+    return p ? p[1] : NULL;
 }
 
 uint64_t vf_st_file_size(const vf_st_file *f) { return f->file_size; }
@@ -650,6 +786,9 @@ static vf_status check_write_args(const char *path, const vf_st_write_tensor *ts
         if (!t->name || !vf_utf8_valid(t->name, strlen(t->name)) || strcmp(t->name, META_KEY) == 0)
             return vf_error(VF_ERR_INVALID_ARG, "%s: tensor %zu: invalid name '%s'", path, i,
                             t->name ? t->name : "(null)");
+        if ((unsigned)t->dtype < VF_DTYPE_COUNT && vf_dtype_size(t->dtype) == 0)
+            return vf_error(VF_ERR_INVALID_ARG, "%s: tensor '%s': %s is not a safetensors dtype (packed tensors "
+                            "are written as U8 bytes)", path, t->name, vf_dtype_name(t->dtype));
         if ((unsigned)t->dtype >= VF_DTYPE_COUNT || t->ndim < 0 || t->ndim > VF_MAX_DIMS ||
             vf_shape_nbytes(t->shape, t->ndim, t->dtype, &nb) != 0 ||
             __builtin_add_overflow(*total, nb, total))

@@ -6,6 +6,14 @@
  * and exactly covering the data buffer, no duplicate names, string-only
  * __metadata__). Each error names the file and, where there is one, the tensor.
  *
+ * Files written by `vramfit quantize` carry "vramfit.format": "1" in their
+ * __metadata__ and, per quantized tensor, "vramfit.dtype.<name>" (F8_E4M3, Q8
+ * or Q4) and "vramfit.shape.<name>" ("[320, 4, 3, 3]"); the tensor itself is
+ * U8 bytes. Opening such a file checks each entry (the tensor exists, is 1-D
+ * U8, and its bytes are exactly the packed size of that format and shape) and
+ * presents the tensor as packed (vf_st_tensor.packed). Files without
+ * "vramfit.format" are read as they are.
+ *
  * Tensor bytes are read with vf_st_read(): from a private read-only mapping when
  * the file could be mapped, with pread otherwise. A file truncated or replaced
  * while open must not kill the process with SIGBUS, so reads from the mapping
@@ -33,6 +41,10 @@ typedef struct vf_st_tensor {
     int64_t shape[VF_MAX_DIMS];
     uint64_t offset; /* from the start of the data buffer */
     uint64_t nbytes;
+    /* 1: one of vramfit's packed quantized tensors (core/quant.h): stored as
+     * U8 bytes, presented with its format as dtype (F8_E4M3, Q8 or Q4) and
+     * its logical shape; nbytes stays the packed (stored) size. */
+    int packed;
 } vf_st_tensor;
 
 typedef struct vf_st_file vf_st_file;

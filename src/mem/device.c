@@ -175,6 +175,28 @@ vf_status vf_device_event_wait(vf_device *d, vf_event *ev) { return d->ops->even
 int vf_device_event_query(vf_device *d, vf_event *ev) { return d->ops->event_query(d->impl, ev); }
 double vf_device_event_time(vf_device *d, vf_event *ev) { return d->ops->event_time(d->impl, ev); }
 
+vf_status vf_device_compute_wait(vf_device *d, vf_event *ev)
+{
+    return d->ops->compute_wait ? d->ops->compute_wait(d->impl, ev) : d->ops->event_wait(d->impl, ev);
+}
+
+vf_status vf_device_compute_fence(vf_device *d, vf_event *ev)
+{
+    return d->ops->compute_fence ? d->ops->compute_fence(d->impl, ev) : VF_OK;
+}
+
+vf_status vf_device_copy_after(vf_device *d, vf_event *ev)
+{
+    return d->ops->copy_after ? d->ops->copy_after(d->impl, ev) : VF_OK;
+}
+
+vf_status vf_device_dequant(vf_device *d, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH, int KW)
+{
+    if (!d->ops->dequant)
+        return vf_error(VF_ERR_UNSUPPORTED, "%s: quantized weights are not supported on this device", d->ops->name);
+    return d->ops->dequant(d->impl, dst, src, fmt, OC, C, KH, KW);
+}
+
 vf_status vf_device_pinned_alloc(vf_device *d, uint64_t bytes, void **p)
 {
     *p = NULL;

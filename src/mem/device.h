@@ -28,6 +28,7 @@
 #define VF_MEM_DEVICE_H
 
 #include "core/error.h"
+#include "vramfit.h"
 
 #include <stdint.h>
 
@@ -61,6 +62,18 @@ typedef struct vf_device_ops {
     double (*event_time)(void *impl, vf_event *ev);
     vf_status (*pinned_alloc)(void *impl, uint64_t bytes, void **p);
     void (*pinned_free)(void *impl, void *p);
+    /* Optional: devices whose kernels run asynchronously (CUDA). NULL means the
+     * host orders everything (CPU, sim: compute is done when the call returns).
+     * compute_wait: compute queued later waits for ev, the host does not block;
+     * compute_fence: record ev after the compute queued so far;
+     * copy_after: copies queued later wait for ev (a slot's last reader). */
+    vf_status (*compute_wait)(void *impl, vf_event *ev);
+    vf_status (*compute_fence)(void *impl, vf_event *ev);
+    vf_status (*copy_after)(void *impl, vf_event *ev);
+    /* Optional: expands a packed weight (core/quant.h) in device memory into
+     * the device's compute image (sim: float32 OIHW; CUDA: the backend's dtype
+     * and filter layout), ordered with compute. */
+    vf_status (*dequant)(void *impl, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH, int KW);
 } vf_device_ops;
 
 /* Wraps a backend: context_bytes is what the backend holds before any reserve
@@ -135,6 +148,23 @@ vf_status vf_device_event_wait(vf_device *d, vf_event *ev);
 int vf_device_event_query(vf_device *d, vf_event *ev);
 /* When it completed, on the vf_device_now() clock (0 if never). */
 double vf_device_event_time(vf_device *d, vf_event *ev);
+
+/* Ordering with asynchronous compute (no-ops, or a host wait for
+ * compute_wait, on devices that compute synchronously): before using a block
+ * copied under ev, compute waits for ev; after the last use of a ring slot,
+ * a fence is recorded on compute and the next copy into the slot waits for it. */
+vf_status vf_device_compute_wait(vf_device *d, vf_event *ev);
+vf_status vf_device_compute_fence(vf_device *d, vf_event *ev);
+vf_status vf_device_copy_after(vf_device *d, vf_event *ev);
+/* A packed weight (OC,C,KH,KW) of format fmt at src -> its compute image at dst. */
+vf_status vf_device_dequant(vf_device *d, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH, int KW);
+
+/* CUDA: the device of a CUDA compute backend (backend/backend.h), which must
+ * outlive it. context_bytes: device memory held before any reserve (the CUDA
+ * context and library handles, measured at open). Copies go on the backend's
+ * copy stream and events are CUDA events; reserve is one cudaMalloc. */
+struct vf_backend;
+vf_status vf_device_cuda_create(struct vf_backend *be, uint64_t context_bytes, vf_device **out);
 
 /* Page-locked host memory (the only source that streams at full link speed).
  * VF_ERR_BUDGET past the backend's pinned limit. */

@@ -19,6 +19,7 @@
  * faults, and a second thread would make the count nondeterministic).
  */
 #include "core/alloc.h"
+#include "core/quant.h"
 #include "mem/device.h"
 
 #include <errno.h>
@@ -468,6 +469,14 @@ static void sim_pinned_free(void *impl, void *p)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* Kernels run on the calling thread here, so expanding a packed weight is the
+ * CPU reference itself (float32, OIHW: what CPU kernels read). */
+static vf_status sim_dequant(void *impl, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH, int KW)
+{
+    (void)impl;
+    return vf_dequantize(fmt, src, OC, (int64_t)C * KH * KW, dst);
+}
+
 static const vf_device_ops sim_ops = {
     .name = "sim",
     .kind = VF_DEVICE_KIND_SIM,
@@ -485,6 +494,7 @@ static const vf_device_ops sim_ops = {
     .event_time = sim_event_time,
     .pinned_alloc = sim_pinned_alloc,
     .pinned_free = sim_pinned_free,
+    .dequant = sim_dequant,
 };
 
 /* ---- public --------------------------------------------------------------------------- */

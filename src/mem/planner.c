@@ -26,10 +26,31 @@
  * SEQUENTIAL, 8-12 GB CPU_OFFLOAD, 12-16 GB CPU_OFFLOAD with the text encoders
  * on the device, above 16 GB FULL_GPU), and STREAM replaces it where it is
  * predicted faster, which the plan's reason says.
+ *
+ * Storage dtypes (device_dtype). The dtype policy AUTO picks the highest
+ * precision rung (planner.h: F32, F16, Q8) whose plan fits without streaming
+ * at full speed: its best plan without streaming (for the offload strategy
+ * asked for) predicts a denoising step within FULL_SPEED (14%) of the same
+ * rung's unconstrained step, so what that rung costs here (attention slices,
+ * reloading the UNet every image under SEQUENTIAL, blocks copied on demand)
+ * stays small; failing both, Q8. With real SDXL sizes at 1024x1024 this is
+ * the documented behaviour: F32 needs 15.6 GB undegraded, but SEQUENTIAL in
+ * 4 attention slices from 12.3 GB is 13% slower, within the margin (at 12.0
+ * GB: 8 slices, 16%); F16 fits undegraded from 8.03 GB, and below it the
+ * best is SEQUENTIAL in 2 slices at 16% (the UNet reload weighs more against
+ * F16's faster step). So Q8 below 8 GB, F16 from 8 to 12 GB, F32 above 12 GB
+ * (test_planner.c). The margin sits between those measured costs; a cost
+ * model that moves them by a few percent moves the thresholds.
+ * FAST plans F16 and Q8 storage and keeps the lower predicted step time,
+ * F16 on ties: Q8 pays a dequantization per block call (bytes / dequant_bw)
+ * and wins only where halving the streamed bytes pays for it.
+ * Packed storage computes in F16: its activations are F16 and each
+ * component holds a buffer its largest block dequantizes into.
  */
 #include "core/alloc.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/quant.h"
 #include "mem/planner.h"
 
 #include <math.h>
@@ -39,6 +60,7 @@
 #define GB 1e9
 #define TIE 0.01                   /* relative difference that counts as a tie */
 #define HOST_RESERVE 1000000000ull /* RAM left to the OS and everything else   */
+#define FULL_SPEED 1.14            /* AUTO: a rung's step within this of its best */
 
 const char *vf_block_mode_name(vf_block_mode m)
 {
@@ -71,6 +93,7 @@ void vf_plan_resources_init(vf_plan_resources *r)
     r->context_bytes = 500000000ull;
     r->act_slack = 1.6;
     r->flash_attention = 0;
+    r->dequant_bw = 1.5e12;
 }
 
 void vf_plan_resources_from(vf_plan_resources *r, const vf_resources *det)
@@ -127,27 +150,45 @@ static vf_generation_step stage_of(vf_component c)
                       : c == VF_COMPONENT_UNET ? VF_STEP_DENOISE : VF_STEP_DECODE;
 }
 
-/* Storage (= compute) dtype on the device under the policy. AUTO, for now:
- * the UNet in F16; text encoders in F32 and the VAE in F32 when its config
- * asks for force_upcast (SDXL's VAE overflows in F16). */
+/* Storage dtype of component c on the device under the policy (planner.h
+ * for AUTO's rungs). Explicit F8/Q8/Q4 quantize the UNet and the text
+ * encoders and leave the VAE, small and the most visible in the image, at
+ * F16 (F32 where its config asks for force_upcast: SDXL's VAE overflows F16). */
 static vf_dtype device_dtype(const vf_plan *p, vf_component c)
 {
+    vf_dtype vae = p->model->vae_force_upcast ? VF_DTYPE_F32 : VF_DTYPE_F16;
+    int is_vae = c == VF_COMPONENT_VAE;
     switch (p->policy.dtype_policy) {
     case VF_DTYPE_POLICY_F32:
         return VF_DTYPE_F32;
     case VF_DTYPE_POLICY_BF16:
         return VF_DTYPE_BF16;
     case VF_DTYPE_POLICY_F16:
-    case VF_DTYPE_POLICY_FAST:
         return VF_DTYPE_F16;
+    case VF_DTYPE_POLICY_FAST:
+        return p->fast_dtype == VF_DTYPE_Q8 && !is_vae ? VF_DTYPE_Q8 : VF_DTYPE_F16;
+    case VF_DTYPE_POLICY_F8:
+        return is_vae ? vae : VF_DTYPE_F8_E4M3;
+    case VF_DTYPE_POLICY_Q8:
+        return is_vae ? vae : VF_DTYPE_Q8;
+    case VF_DTYPE_POLICY_Q4:
+        return is_vae ? vae : VF_DTYPE_Q4;
     default:
         break;
     }
-    if (c == VF_COMPONENT_UNET)
-        return VF_DTYPE_F16;
-    if (c == VF_COMPONENT_VAE && !p->model->vae_force_upcast)
-        return VF_DTYPE_F16;
-    return VF_DTYPE_F32;
+    if (p->rung == VF_RUNG_F32)
+        return VF_DTYPE_F32;
+    if (is_vae)
+        return vae;
+    if (p->rung == VF_RUNG_Q8)
+        return VF_DTYPE_Q8;
+    return c == VF_COMPONENT_UNET ? VF_DTYPE_F16 : VF_DTYPE_F32;
+}
+
+/* Index of a packed format in vf_plan_block.packed_bytes, or -1. */
+static int packed_index(vf_dtype t)
+{
+    return t == VF_DTYPE_F8_E4M3 ? 0 : t == VF_DTYPE_Q8 ? 1 : t == VF_DTYPE_Q4 ? 2 : -1;
 }
 
 static int on_device(const vf_plan *p, const config *k, vf_component c)
@@ -180,6 +221,12 @@ static double rate_of(const vf_plan *p, const vf_plan_component *pc)
     if (!pc->on_device)
         return p->res.host_flops;
     return pc->dtype == VF_DTYPE_F32 ? p->res.device_f32_flops : p->res.device_flops;
+}
+
+/* Bytes a value takes in the compute dtype: packed formats compute in F16. */
+static size_t compute_size(vf_dtype t)
+{
+    return vf_quant_is_packed(t) ? 2 : vf_dtype_size(t);
 }
 
 static uint64_t activation(vf_plan *p, vf_component c, int esz, int slices, int tile)
@@ -217,21 +264,25 @@ static void size_component(vf_plan *p, const config *k, vf_plan_component *pc)
     }
     pc->on_device = on_device(p, k, c);
     pc->dtype = pc->on_device ? device_dtype(p, c) : VF_DTYPE_F32;
-    size_t esz = vf_dtype_size(pc->dtype);
+    size_t esz = compute_size(pc->dtype);
+    int q = packed_index(pc->dtype);
+    uint64_t largest = 0;
     pc->weight_bytes = 0;
     pc->flops = 0;
     for (int b = 0; b < pc->nblocks; b++) {
         vf_plan_block *pb = &pc->blocks[b];
         pb->dtype = pc->dtype;
-        pb->bytes = pb->params * esz;
+        pb->bytes = q >= 0 ? pb->packed_bytes[q] : pb->params * esz;
+        pb->extra_s = q >= 0 ? (double)(pb->params * esz) / p->res.dequant_bw : 0;
         pb->flops = ntiles == 1 && th == lh && tw == lw
                         ? pb->base_flops
                         : vf_plan_block_flops(pm, c, b, th, tw, batch_of(p, c)) * ntiles;
         pc->weight_bytes += pb->bytes;
         pc->flops += pb->flops;
+        largest = pb->params > largest ? pb->params : largest;
     }
     uint64_t raw = activation(p, c, (int)esz, k->slices, c == VF_COMPONENT_VAE ? k->tile : 0);
-    pc->act_bytes = (uint64_t)((double)raw * p->res.act_slack);
+    pc->act_bytes = (uint64_t)((double)raw * p->res.act_slack) + (q >= 0 ? largest * esz : 0);
 }
 
 static void set_modes(vf_plan_component *pc, vf_block_mode mode, vf_tier home)
@@ -754,6 +805,103 @@ static vf_status choose_explicit(vf_plan *p, choice *ch)
     return VF_OK;
 }
 
+/* ---- storage dtypes --------------------------------------------------------------- */
+
+/* The best plan without streaming for the strategy asked for: what AUTO
+ * weighs before streaming, or the named strategy (degraded as needed). */
+static void best_without_stream(vf_plan *p, found *best)
+{
+    vf_offload_strategy s = p->policy.strategy;
+    found_init(best);
+    if (s != VF_OFFLOAD_AUTO) {
+        search(p, s, 0, 1, best);
+        return;
+    }
+    config full = {VF_OFFLOAD_FULL_GPU, 0, 1, 0, 0, 1};
+    consider(p, &full, best);
+    for (int v = 1; v >= 0; v--) {
+        config off = {VF_OFFLOAD_CPU_OFFLOAD, v, 1, 0, 0, 1};
+        consider(p, &off, best);
+    }
+    search(p, VF_OFFLOAD_SEQUENTIAL, 0, 1, best);
+}
+
+static const char *rung_name(vf_plan_rung r)
+{
+    return r == VF_RUNG_F32 ? "f32" : r == VF_RUNG_F16 ? "f16" : "q8";
+}
+
+/* AUTO: the highest rung whose best plan without streaming is within
+ * FULL_SPEED of that rung's unconstrained step (see the top of the file). */
+static void choose_rung(vf_plan *p)
+{
+    static const vf_plan_rung rungs[2] = {VF_RUNG_F32, VF_RUNG_F16};
+    char why[2][96], t1[32], t2[32];
+    for (int i = 0; i < 2; i++) {
+        p->rung = rungs[i];
+        config full = {VF_OFFLOAD_FULL_GPU, 0, 1, 0, 0, 1};
+        metrics ref;
+        found f;
+        eval(p, &full, &ref);
+        best_without_stream(p, &f);
+        if (f.ok && f.m.t_step <= FULL_SPEED * ref.t_step) {
+            snprintf(p->dtype_reason, sizeof p->dtype_reason,
+                     "auto: %s, the highest precision that fits without streaming at full speed (%s/step, "
+                     "unconstrained %s)%s%s",
+                     rung_name(p->rung), fmt_time(f.m.t_step, t1, sizeof t1), fmt_time(ref.t_step, t2, sizeof t2),
+                     i ? "; " : "", i ? why[0] : "");
+            return;
+        }
+        if (f.ok)
+            snprintf(why[i], sizeof why[i], "%s: %s/step without streaming, %.0f%% slower than unconstrained",
+                     rung_name(p->rung), fmt_time(f.m.t_step, t1, sizeof t1),
+                     100.0 * (f.m.t_step / ref.t_step - 1));
+        else
+            snprintf(why[i], sizeof why[i], "%s: needs %.2f GB without streaming", rung_name(p->rung),
+                     f.min_peak / GB);
+    }
+    p->rung = VF_RUNG_Q8;
+    snprintf(p->dtype_reason, sizeof p->dtype_reason, "auto: q8 (%s; %s)", why[0], why[1]);
+}
+
+static vf_status choose(vf_plan *p, choice *ch)
+{
+    return p->policy.strategy == VF_OFFLOAD_AUTO ? choose_auto(p, ch) : choose_explicit(p, ch);
+}
+
+/* FAST: F16 storage, or Q8 where its plan predicts a faster step (F16 on a
+ * tie). Each try notes its own candidates; the winner's are kept. */
+static vf_status choose_fast(vf_plan *p, choice *ch)
+{
+    vf_plan_candidate cand16[VF_PLAN_MAX_CANDIDATES];
+    int n16;
+    char t1[32], t2[32];
+    p->fast_dtype = VF_DTYPE_F16;
+    p->ncand = 0;
+    vf_status s16 = choose(p, ch);
+    memcpy(cand16, p->cand, sizeof cand16);
+    n16 = p->ncand;
+    choice q8;
+    memset(&q8, 0, sizeof q8);
+    p->fast_dtype = VF_DTYPE_Q8;
+    p->ncand = 0;
+    vf_status s8 = choose(p, &q8);
+    if (s8 == VF_OK && (s16 != VF_OK || better(&q8.f.m, &ch->f.m))) {
+        snprintf(p->dtype_reason, sizeof p->dtype_reason, "fast: q8, %s/step against f16's %s",
+                 fmt_time(q8.f.m.t_step, t1, sizeof t1),
+                 s16 == VF_OK ? fmt_time(ch->f.m.t_step, t2, sizeof t2) : "(does not fit)");
+        *ch = q8;
+        return VF_OK;
+    }
+    p->fast_dtype = VF_DTYPE_F16;
+    memcpy(p->cand, cand16, sizeof cand16);
+    p->ncand = n16;
+    if (s16 == VF_OK)
+        snprintf(p->dtype_reason, sizeof p->dtype_reason, "fast: f16, %s/step%s%s", fmt_time(ch->f.m.t_step, t1, sizeof t1),
+                 s8 == VF_OK ? " against q8's " : "", s8 == VF_OK ? fmt_time(q8.f.m.t_step, t2, sizeof t2) : "");
+    return s16 == VF_OK ? VF_OK : s8;
+}
+
 /* ---- making the plan --------------------------------------------------------------- */
 
 static void apply(vf_plan *p, const config *k, const char *reason)
@@ -798,6 +946,25 @@ static vf_status resolve_request(const vf_plan_model *pm, const vf_plan_request 
     return VF_OK;
 }
 
+/* Bytes of block b of bl stored in each packed format: a weight the format
+ * takes (vf_quant_can) packed, any other in F16 (the compute dtype). */
+static void block_packed_bytes(const vf_blocklist *bl, int b, uint64_t out[3])
+{
+    static const vf_dtype fmts[3] = {VF_DTYPE_F8_E4M3, VF_DTYPE_Q8, VF_DTYPE_Q4};
+    const vf_block *blk = &bl->blocks[b];
+    out[0] = out[1] = out[2] = 0;
+    for (int i = blk->first_w; i < blk->first_w + blk->nw; i++) {
+        const vf_wspec *w = &bl->w[i];
+        int64_t cols = 1, n;
+        for (int d = 1; d < w->ndim; d++)
+            cols *= w->shape[d];
+        n = w->ndim ? w->shape[0] * cols : 1;
+        for (int f = 0; f < 3; f++)
+            out[f] += vf_quant_can(fmts[f], w->ndim, w->shape) ? vf_quant_packed_bytes(fmts[f], w->shape[0], cols)
+                                                                 : (uint64_t)n * 2;
+    }
+}
+
 static vf_status alloc_components(vf_plan *p)
 {
     const vf_plan_model *pm = p->model;
@@ -818,6 +985,7 @@ static vf_status alloc_components(vf_plan *p)
             vf_plan_block *pb = &pc->blocks[b];
             pb->params = vf_plan_block_params(bl, b);
             pb->bytes = pb->params;  /* the ranking needs only proportions */
+            block_packed_bytes(bl, b, pb->packed_bytes);
             pb->flops = vf_plan_block_flops(pm, pc->comp, b, p->request.height / 8,
                                             p->request.width / 8, batch_of(p, pc->comp));
             pb->base_flops = pb->flops;
@@ -849,14 +1017,13 @@ static vf_status check_inputs(const vf_plan_model *pm, const vf_plan_resources *
         return vf_error(VF_ERR_INVALID_ARG, "plan: the model has no UNet");
     if ((unsigned)po->strategy >= VF_OFFLOAD_COUNT)
         return vf_error(VF_ERR_INVALID_ARG, "plan: offload strategy %d out of range", po->strategy);
-    if (po->dtype_policy == VF_DTYPE_POLICY_F8 || po->dtype_policy == VF_DTYPE_POLICY_Q8 ||
-        po->dtype_policy == VF_DTYPE_POLICY_Q4)
-        return vf_error(VF_ERR_UNSUPPORTED, "plan: dtype policy %s is not implemented yet",
-                        vf_dtype_policy_name(po->dtype_policy));
     if ((unsigned)po->dtype_policy >= VF_DTYPE_POLICY_COUNT)
         return vf_error(VF_ERR_INVALID_ARG, "plan: dtype policy %d out of range", po->dtype_policy);
+    if ((unsigned)po->auto_rung > VF_RUNG_Q8)
+        return vf_error(VF_ERR_INVALID_ARG, "plan: precision rung %d out of range", (int)po->auto_rung);
     if (!(rs->link_bw > 0) || !(rs->disk_bw > 0) || !(rs->device_flops > 0) ||
-        !(rs->device_f32_flops > 0) || !(rs->host_flops > 0) || !(rs->act_slack > 0))
+        !(rs->device_f32_flops > 0) || !(rs->host_flops > 0) || !(rs->act_slack > 0) ||
+        !(rs->dequant_bw > 0))
         return vf_error(VF_ERR_INVALID_ARG, "plan: bandwidths, FLOP rates and the activation "
                         "slack must be positive");
     return VF_OK;
@@ -873,6 +1040,8 @@ vf_status vf_plan_make(const vf_plan_model *pm, const vf_plan_request *rq,
     p->model = pm;
     p->res = *rs;
     p->policy = *po;
+    p->rung = po->auto_rung ? po->auto_rung : VF_RUNG_F16;
+    p->fast_dtype = VF_DTYPE_F16;
     vf_status st = resolve_request(pm, rq, &p->request);
     p->batch = p->request.cfg ? 2 : 1;
     if (st == VF_OK)
@@ -883,14 +1052,19 @@ vf_status vf_plan_make(const vf_plan_model *pm, const vf_plan_request *rq,
         config cpu = {VF_OFFLOAD_CPU_OFFLOAD, 2, 1, 0, 0, 1};
         p->policy.budget = 0;
         apply(p, &cpu, "no GPU: every component computes on the CPU");
+        snprintf(p->dtype_reason, sizeof p->dtype_reason, "no GPU: F32 on the CPU");
         *out = p;
         return VF_OK;
     }
     if (p->policy.budget == 0)
         p->policy.budget = vf_plan_default_budget(rs->free_vram);
+    if (po->dtype_policy == VF_DTYPE_POLICY_AUTO && po->auto_rung == VF_RUNG_CHOOSE)
+        choose_rung(p);
+    else if (po->dtype_policy == VF_DTYPE_POLICY_AUTO)
+        snprintf(p->dtype_reason, sizeof p->dtype_reason, "auto: %s (pinned)", rung_name(p->rung));
     choice ch;
     memset(&ch, 0, sizeof ch);
-    st = po->strategy == VF_OFFLOAD_AUTO ? choose_auto(p, &ch) : choose_explicit(p, &ch);
+    st = po->dtype_policy == VF_DTYPE_POLICY_FAST ? choose_fast(p, &ch) : choose(p, &ch);
     if (st != VF_OK)
         goto fail;
     apply(p, &ch.f.k, ch.reason);

@@ -72,13 +72,30 @@ typedef struct vf_plan_resources {
     uint64_t context_bytes;       /* CUDA context + libraries (500 MB)       */
     double act_slack;             /* activation estimate multiplier (1.6)    */
     int flash_attention;          /* 1: attention scores never materialised  */
+    double dequant_bw;            /* bytes/s a dequantization kernel writes (1.5e12:
+                                     about half an H100's HBM bandwidth, read + write) */
 } vf_plan_resources;
+
+/* The dtype policy AUTO's precision rungs, highest first. A rung is a
+ * storage dtype per component on the device (planner.c, device_dtype):
+ *   F32   everything F32
+ *   F16   UNet F16, text encoders F32, VAE F16 (F32 where its config asks
+ *         for force_upcast): the assignment the offload ladder is stated for
+ *   Q8    UNet and text encoders Q8 (weights vf_quant_can() refuses in F16),
+ *         VAE as at F16 */
+typedef enum vf_plan_rung {
+    VF_RUNG_CHOOSE = 0,           /* AUTO chooses (the default)              */
+    VF_RUNG_F32,
+    VF_RUNG_F16,
+    VF_RUNG_Q8
+} vf_plan_rung;
 
 typedef struct vf_plan_policy {
     uint64_t budget;              /* device bytes, context included; 0 = free_vram - margin */
     vf_offload_strategy strategy;
     int allow_stream;             /* AUTO may choose STREAM (default 1)      */
-    vf_dtype_policy dtype_policy; /* AUTO, F16 or F32 for now                */
+    vf_dtype_policy dtype_policy; /* any; AUTO and FAST choose (planner.c)   */
+    vf_plan_rung auto_rung;       /* AUTO: CHOOSE, or pin a rung (tests)     */
 } vf_plan_policy;
 
 void vf_plan_request_init(vf_plan_request *r);
@@ -105,6 +122,9 @@ const char *vf_block_mode_name(vf_block_mode m);  /* "resident", "streamed", "on
 typedef struct vf_plan_block {
     uint64_t params;
     uint64_t bytes;               /* at dtype                                 */
+    uint64_t packed_bytes[3];     /* stored as F8_E4M3, Q8, Q4 (weights that
+                                     are not packed counted in F16)          */
+    double extra_s;               /* per call besides FLOPs: dequantizing     */
     double flops;                 /* one call (the whole batch)               */
     double base_flops;            /* the same, untiled                        */
     vf_dtype dtype;
@@ -117,13 +137,16 @@ typedef struct vf_plan_component {
     vf_component comp;
     vf_generation_step stage;
     int on_device;                /* computes on the device (else the CPU)    */
-    vf_dtype dtype;               /* storage = compute dtype where it runs    */
+    vf_dtype dtype;               /* storage dtype where it runs; compute is
+                                     the same, or F16 for packed formats       */
     int nblocks;
     vf_plan_block *blocks;
     int *order;                   /* blocks by compute per byte, largest first */
     uint64_t params, weight_bytes;       /* at dtype                         */
     uint64_t resident_bytes, streamed_bytes;
-    uint64_t act_bytes;           /* activation region on its device         */
+    uint64_t act_bytes;           /* activation region on its device (and, for
+                                     packed storage, the buffer its largest
+                                     block dequantizes into)                 */
     double flops;                 /* per call                                */
     int calls;                    /* per generation (steps for the UNet)     */
     double time_s;                /* predicted, per generation (all calls)   */
@@ -160,6 +183,9 @@ struct vf_plan {
     double time_per_step;         /* denoising, seconds                       */
     double time_encode, time_decode, time_per_generation;
     char reason[512];
+    vf_plan_rung rung;            /* AUTO: the rung chosen                    */
+    vf_dtype fast_dtype;          /* FAST: F16 or Q8 storage                  */
+    char dtype_reason[256];       /* why these storage dtypes                 */
     vf_plan_component comp[VF_COMPONENT_COUNT];
     vf_plan_candidate cand[VF_PLAN_MAX_CANDIDATES];
     int ncand;

@@ -255,6 +255,7 @@ static void add_summary(const vf_plan *p, cJSON *root)
     cJSON_AddBoolToObject(root, "text_encoders_on_gpu", p->comp[VF_COMPONENT_TEXT_ENCODER].on_device ||
                                                            p->comp[VF_COMPONENT_TEXT_ENCODER_2].on_device);
     cJSON_AddStringToObject(root, "dtype_policy", vf_dtype_policy_name(p->policy.dtype_policy));
+    cJSON_AddStringToObject(root, "dtype_reason", p->dtype_reason);
     cJSON_AddStringToObject(root, "reason", p->reason);
     cJSON *rq = cJSON_AddObjectToObject(root, "request");
     if (rq) {

@@ -95,7 +95,7 @@ double vf_plan_simulate(const vf_plan_component *pc, int depth, double bw, doubl
                 copy_free = t0 + copy;
                 ready = copy_free;
             }
-            done = ready + pb->flops / rate + overhead_s;
+            done = ready + pb->flops / rate + overhead_s + pb->extra_s;
             if (slot >= 0)
                 slot_free[slot] = done;
         }

@@ -24,10 +24,16 @@
  */
 #include "mem/residency.h"
 #include "core/alloc.h"
+#include "backend/backend.h"
+#include "core/dtype.h"
+#include "core/quant.h"
 #include "mem/monitor.h"
 
 #include <stdio.h>
 #include <string.h>
+
+/* Blocks holding packed weights at once (each expands into its own scratch). */
+#define SCRATCH_SLOTS 2
 
 typedef struct block_state {
     float *data;          /* CPU: all weights of the block, back to back */
@@ -36,7 +42,7 @@ typedef struct block_state {
     int acquired;
     /* device path */
     vf_tier home;
-    uint64_t f32;         /* bytes of the float32 image                  */
+    uint64_t img;         /* bytes of the block's image (its weights in the image dtype) */
     uint64_t off;         /* resident: arena offset                      */
     int has_off, loaded;
     void *host;           /* HOST/PINNED: the float32 host copy          */
@@ -44,16 +50,25 @@ typedef struct block_state {
     int slot;             /* streamed: ring slot holding it, or -1       */
     int spos;             /* streamed: position in the stream, or -1     */
     int trace_at;         /* trace entry of the open acquire, or -1      */
+    int npacked;          /* weights stored packed (opt.quant)           */
+    int scr;              /* scratch slot holding their expansion, or -1 */
 } block_state;
+
+typedef struct scratch {
+    uint64_t off;
+    void *dev;
+    int users, has_off;
+} scratch;
 
 typedef struct slot {
     uint64_t off;
-    float *dev;
+    void *dev;
     int block;            /* -1: empty                                   */
     int users;
     int pending;          /* a copy into it may be in flight             */
     int has_off;
     vf_event *start, *done;
+    vf_event *freed;      /* after the compute that last read the slot   */
     void *bounce;         /* pinned, for DISK-home blocks                */
 } slot;
 
@@ -76,6 +91,8 @@ struct vf_residency {
     int maxw;
     vf_event *sync_ev;
     int ntrace;
+    scratch scr[SCRATCH_SLOTS]; /* packed weights expanded for compute     */
+    uint64_t scr_bytes;
 };
 
 static uint64_t drop_cache_cb(void *owner) { return vf_residency_drop_cache(owner); }
@@ -97,62 +114,189 @@ static void host_add(vf_residency *r, int64_t delta)
     vf_monitor_add(VF_MON_HOST, delta);
 }
 
-uint64_t vf_residency_block_f32_bytes(const vf_blocklist *bl, int b)
+/* Weights of a device image start on this boundary (vectorised kernels,
+ * cuBLASLt); float32 images for CPU kernels stay packed as they always were. */
+#define IMAGE_ALIGN 256
+
+
+static uint64_t image_align(vf_dtype dt) { return dt == VF_DTYPE_F32 ? 1 : IMAGE_ALIGN; }
+
+/* 1 when weight w is stored packed in q (F8_E4M3, Q8, Q4) in a block image. */
+static int packed(vf_dtype q, const vf_wspec *w)
+{
+    return vf_quant_is_packed(q) && vf_quant_can(q, w->ndim, w->shape);
+}
+
+static uint64_t align_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
+
+/* Bytes of w in an image of dtype dt whose quantizable weights are packed in q. */
+static uint64_t weight_image_bytes(const vf_wspec *w, vf_dtype dt, vf_dtype q)
+{
+    int64_t numel = vf_shape_numel(w->shape, w->ndim);
+    uint64_t n = packed(q, w) ? vf_quant_packed_bytes(q, w->shape[0], numel / w->shape[0])
+                              : (uint64_t)numel * vf_dtype_size(dt);
+    return align_up(n, packed(q, w) ? IMAGE_ALIGN : image_align(dt));
+}
+
+/* Weights are packed in device images only: the CPU path rounds them in place. */
+static vf_dtype image_quant(const vf_residency *r) { return r->dev ? r->opt.quant : VF_DTYPE_F32; }
+
+/* Bytes of w expanded for compute (its packed form dequantized). */
+static uint64_t weight_expanded_bytes(const vf_wspec *w, vf_dtype dt)
+{
+    return align_up((uint64_t)vf_shape_numel(w->shape, w->ndim) * vf_dtype_size(dt), IMAGE_ALIGN);
+}
+
+uint64_t vf_residency_block_stored_bytes(const vf_blocklist *bl, int b, vf_dtype dt, vf_dtype q)
 {
     const vf_block *blk = &bl->blocks[b];
     uint64_t n = 0;
-    for (int j = 0; j < blk->nw; j++) {
-        const vf_wspec *w = &bl->w[blk->first_w + j];
-        n += (uint64_t)vf_shape_numel(w->shape, w->ndim);
-    }
-    return n * sizeof(float);
+    for (int j = 0; j < blk->nw; j++)
+        n += weight_image_bytes(&bl->w[blk->first_w + j], dt, q);
+    return n;
 }
 
-void vf_residency_plan_bytes(const vf_blocklist *bl, const vf_tier *home, int depth,
-                             uint64_t *resident, uint64_t *ring)
+uint64_t vf_residency_block_image_bytes(const vf_blocklist *bl, int b, vf_dtype dt)
 {
-    uint64_t res = 0, largest = 0;
+    return vf_residency_block_stored_bytes(bl, b, dt, VF_DTYPE_F32);
+}
+
+/* Scratch bytes block b needs to expand its packed weights (0: none). */
+static uint64_t block_expanded_bytes(const vf_blocklist *bl, int b, vf_dtype dt, vf_dtype q)
+{
+    const vf_block *blk = &bl->blocks[b];
+    uint64_t n = 0;
+    for (int j = 0; j < blk->nw; j++)
+        if (packed(q, &bl->w[blk->first_w + j]))
+            n += weight_expanded_bytes(&bl->w[blk->first_w + j], dt);
+    return n;
+}
+
+uint64_t vf_residency_block_f32_bytes(const vf_blocklist *bl, int b)
+{
+    return vf_residency_block_image_bytes(bl, b, VF_DTYPE_F32);
+}
+
+void vf_residency_plan_bytes_ex(const vf_blocklist *bl, const vf_tier *home, int depth, vf_dtype dt, vf_dtype q,
+                                uint64_t *resident, uint64_t *ring)
+{
+    uint64_t res = 0, largest = 0, expand_most = 0;
     int streamed = 0;
     for (int b = 0; b < bl->nblocks; b++) {
-        uint64_t f = vf_residency_block_f32_bytes(bl, b);
+        uint64_t e = block_expanded_bytes(bl, b, dt, q);
+        expand_most = e > expand_most ? e : expand_most;
+        uint64_t f = vf_residency_block_stored_bytes(bl, b, dt, q);
         if (!home || home[b] == VF_TIER_DEVICE) {
             res += vf_arena_round(f);
         } else {
-            streamed = 1;
             largest = f > largest ? f : largest;
+            streamed = 1;
         }
     }
-    *resident = res;
+    *resident = res + (expand_most ? SCRATCH_SLOTS * vf_arena_round(expand_most) : 0);
     *ring = streamed ? (uint64_t)(depth > 0 ? depth : 1) * vf_arena_round(largest) : 0;
 }
 
-/* Converts block b's weights into dst (the CPU layout) and points ptrs at them. */
-static vf_status convert(vf_residency *r, int b, float *dst, const float **ptrs)
+void vf_residency_plan_bytes(const vf_blocklist *bl, const vf_tier *home, int depth, uint64_t *resident,
+                             uint64_t *ring)
+{
+    vf_residency_plan_bytes_ex(bl, home, depth, VF_DTYPE_F32, VF_DTYPE_F32, resident, ring);
+}
+
+/* Weight w read as float32 into f (patched), then written to dst in the
+ * image's dtype and filter layout. tmp holds w's numel elements of the image
+ * dtype when a layout change needs them. */
+static vf_status convert_weight(vf_residency *r, const vf_wspec *w, void *dst, float *f, void *tmp)
+{
+    size_t n = (size_t)vf_shape_numel(w->shape, w->ndim), esz = vf_dtype_size(r->opt.image_dtype);
+    int ohwi = r->opt.image_ohwi && w->ndim == 4 && w->shape[2] * w->shape[3] > 1;
+    vf_dtype q = r->opt.quant;
+    if (r->dev && packed(q, w)) {
+        /* the device image holds it packed: a `vramfit quantize` file's bytes
+         * as they are, else quantized here (after the patch: LoRAs included) */
+        if (!r->opt.patch && w->t->packed && w->t->dtype == q)
+            return vf_checkpoint_read_raw(r->ck, w->t, dst);
+        VF_TRY(vf_checkpoint_read_f32(r->ck, w->t, f));
+        if (r->opt.patch)
+            VF_TRY(r->opt.patch(r->opt.patch_ctx, w, f));
+        vf_status st = vf_quantize(q, f, w->shape[0], (int64_t)n / w->shape[0], dst);
+        return st == VF_OK ? VF_OK : vf_error_prefix(st, "quantizing '%s' to %s", w->name, vf_dtype_name(q));
+    }
+    /* Stored as the image wants it (an f16 checkpoint on an f16 device): the
+     * bytes as they are, no float32 round trip. */
+    if (!r->opt.patch && f != dst && w->t->dtype == r->opt.image_dtype && !w->t->transpose &&
+        w->t->nbytes == n * esz) {
+        if (!ohwi)
+            return vf_checkpoint_read_raw(r->ck, w->t, dst);
+        VF_TRY(vf_checkpoint_read_raw(r->ck, w->t, tmp));
+        vf_conv_weight_to_ohwi(dst, tmp, esz, (int)w->shape[0], (int)w->shape[1], (int)w->shape[2],
+                               (int)w->shape[3]);
+        return VF_OK;
+    }
+    VF_TRY(vf_checkpoint_read_f32(r->ck, w->t, f));
+    if (r->opt.patch)
+        VF_TRY(r->opt.patch(r->opt.patch_ctx, w, f));
+    if (!r->dev && q != VF_DTYPE_F32)
+        VF_TRY(vf_quant_roundtrip(q, f, w->ndim, w->shape)); /* the CPU computes what a device would */
+    if (f == dst && !ohwi)
+        return VF_OK;
+    vf_convert_from_f32(ohwi ? tmp : dst, r->opt.image_dtype, f, n);
+    if (ohwi)
+        vf_conv_weight_to_ohwi(dst, tmp, esz, (int)w->shape[0], (int)w->shape[1], (int)w->shape[2],
+                               (int)w->shape[3]);
+    return VF_OK;
+}
+
+/* Converts block b's weights into dst (its image: weights in declaration
+ * order, each in the image dtype and layout) and points ptrs at them. */
+static vf_status convert(vf_residency *r, int b, void *dst, const float **ptrs)
 {
     const vf_block *blk = &r->bl->blocks[b];
-    size_t at = 0;
+    vf_dtype dt = r->opt.image_dtype, q = image_quant(r);
+    int direct = dt == VF_DTYPE_F32 && !r->opt.image_ohwi && !(r->dev && vf_quant_is_packed(q));
+    size_t most = 0;
     for (int j = 0; j < blk->nw; j++) {
         const vf_wspec *w = &r->bl->w[blk->first_w + j];
         if (!w->t)
             return vf_error(VF_ERR_INTERNAL, "weight '%s' used before binding", w->name);
-        if (dst)
-            VF_TRY(vf_checkpoint_read_f32(r->ck, w->t, dst + at));
-        if (ptrs)
-            ptrs[j] = (const float *)((const char *)dst + at * sizeof(float));
-        at += (size_t)vf_shape_numel(w->shape, w->ndim);
+        size_t n = (size_t)vf_shape_numel(w->shape, w->ndim);
+        most = n > most ? n : most;
     }
-    return VF_OK;
+    float *f = NULL;
+    void *tmp = NULL;
+    if (dst && !direct) {
+        f = vf_malloc(sizeof(float) * (most ? most : 1));
+        tmp = f ? vf_malloc(sizeof(float) * (most ? most : 1)) : NULL;
+        if (!tmp) {
+            vf_free(f);
+            return VF_ERR_NO_MEMORY;
+        }
+    }
+    vf_status st = VF_OK;
+    uint64_t at = 0;
+    for (int j = 0; j < blk->nw && st == VF_OK; j++) {
+        const vf_wspec *w = &r->bl->w[blk->first_w + j];
+        char *wd = dst ? (char *)dst + at : NULL;
+        if (wd)
+            st = convert_weight(r, w, wd, direct ? (float *)wd : f, tmp);
+        if (ptrs)
+            ptrs[j] = (const float *)wd;
+        at += weight_image_bytes(w, dt, q);
+    }
+    vf_free(f);
+    vf_free(tmp);
+    return st;
 }
 
 /* Points ptrs at the weights of block b laid out from base (no data read). */
-static void point(const vf_residency *r, int b, const float *base, const float **ptrs)
+static void point(const vf_residency *r, int b, const void *base, const float **ptrs)
 {
     const vf_block *blk = &r->bl->blocks[b];
-    size_t at = 0;
+    uint64_t at = 0;
     for (int j = 0; j < blk->nw; j++) {
         const vf_wspec *w = &r->bl->w[blk->first_w + j];
-        ptrs[j] = base + at;
-        at += (size_t)vf_shape_numel(w->shape, w->ndim);
+        ptrs[j] = (const float *)((const char *)base + at);
+        at += weight_image_bytes(w, r->opt.image_dtype, image_quant(r));
     }
 }
 
@@ -226,6 +370,8 @@ static void cpu_release(vf_residency *r, int b)
  * (whoever waits on its own event sees it; this is for teardown). */
 static void sync_all(vf_residency *r)
 {
+    if (vf_device_compute_fence(r->dev, r->sync_ev) == VF_OK)
+        (void)vf_device_event_wait(r->dev, r->sync_ev);
     if (vf_device_event_record(r->dev, r->sync_ev) == VF_OK)
         (void)vf_device_event_wait(r->dev, r->sync_ev);
 }
@@ -236,11 +382,11 @@ static void free_host_copy(vf_residency *r, block_state *s)
     if (!s->host)
         return;
     if (s->home == VF_TIER_PINNED)
-        vf_device_pinned_free(r->dev, s->host, s->f32);
+        vf_device_pinned_free(r->dev, s->host, s->img);
     else
         vf_free(s->host);
     s->host = NULL;
-    host_add(r, -(int64_t)s->f32);
+    host_add(r, -(int64_t)s->img);
 }
 
 /* Takes the host memory of block b's copy: pinned memory is a budgeted
@@ -251,14 +397,14 @@ static vf_status alloc_host(vf_residency *r, int b)
     block_state *s = &r->blocks[b];
     vf_status st;
     if (s->home == VF_TIER_PINNED) {
-        st = vf_device_pinned_alloc(r->dev, s->f32, &s->host);
+        st = vf_device_pinned_alloc(r->dev, s->img, &s->host);
     } else {
-        s->host = s->f32 <= SIZE_MAX ? vf_malloc((size_t)(s->f32 ? s->f32 : 1)) : NULL;
+        s->host = s->img <= SIZE_MAX ? vf_malloc((size_t)(s->img ? s->img : 1)) : NULL;
         st = s->host ? VF_OK : VF_ERR_NO_MEMORY;
     }
     if (st != VF_OK)
         return vf_error_prefix(st, "host copy of block '%s'", r->bl->blocks[b].name);
-    host_add(r, (int64_t)s->f32);
+    host_add(r, (int64_t)s->img);
     return VF_OK;
 }
 
@@ -283,13 +429,13 @@ static vf_status load_resident(vf_residency *r, int b)
     block_state *s = &r->blocks[b];
     if (s->loaded)
         return VF_OK;
-    float *dev = vf_arena_ptr(r->arena, s->off);
-    float *tmp = s->f32 <= SIZE_MAX ? vf_malloc((size_t)(s->f32 ? s->f32 : 1)) : NULL;
+    void *dev = vf_arena_ptr(r->arena, s->off);
+    void *tmp = s->img <= SIZE_MAX ? vf_malloc((size_t)(s->img ? s->img : 1)) : NULL;
     vf_status st = tmp ? VF_OK : VF_ERR_NO_MEMORY;
     if (st == VF_OK)
         st = convert(r, b, tmp, NULL);
     if (st == VF_OK)
-        st = vf_device_h2d(r->dev, dev, tmp, s->f32);
+        st = vf_device_h2d(r->dev, dev, tmp, s->img);
     vf_free(tmp);
     if (st != VF_OK)
         return vf_error_prefix(st, "loading block '%s' onto %s", r->bl->blocks[b].name,
@@ -322,7 +468,7 @@ static vf_status issue(vf_residency *r, int b, int k)
     block_state *s = &r->blocks[b];
     /* A DISK block is staged in the slot's bounce buffer, which an earlier copy
      * may still be reading. */
-    if (sl->pending && s->home == VF_TIER_DISK)
+    if (s->home == VF_TIER_DISK)
         (void)vf_device_event_wait(r->dev, sl->done);
     empty_slot(r, sl);
     const void *src = s->host;
@@ -333,11 +479,12 @@ static vf_status issue(vf_residency *r, int b, int k)
         VF_TRY(ensure_host(r, b));
         src = s->host;
     }
-    vf_status st = VF_OK;
-    if (r->opt.trace)
+    /* The slot's last reader may still be computing (asynchronous devices). */
+    vf_status st = vf_device_copy_after(r->dev, sl->freed);
+    if (st == VF_OK && r->opt.trace)
         st = vf_device_event_record(r->dev, sl->start);
     if (st == VF_OK)
-        st = vf_device_h2d_async(r->dev, sl->dev, src, s->f32);
+        st = vf_device_h2d_async(r->dev, sl->dev, src, s->img);
     if (st == VF_OK)
         st = vf_device_event_record(r->dev, sl->done);
     if (st != VF_OK) {
@@ -406,6 +553,50 @@ static void trace_begin(vf_residency *r, int b, const slot *sl, int waited)
     s->trace_at = r->ntrace++;
 }
 
+/* Block b's packed weights expanded into a scratch slot for compute, queued
+ * after its bytes arrived; ptrs (pointing into its image) are redirected. */
+static vf_status expand(vf_residency *r, int b, const float **ptrs)
+{
+    block_state *s = &r->blocks[b];
+    const vf_block *blk = &r->bl->blocks[b];
+    if (!s->npacked)
+        return VF_OK;
+    if (s->scr < 0) {
+        int k = 0;
+        while (k < SCRATCH_SLOTS && r->scr[k].users)
+            k++;
+        if (k == SCRATCH_SLOTS)
+            return vf_error(VF_ERR_BUDGET, "block '%s': more than %d blocks with quantized weights in use at once",
+                            blk->name, SCRATCH_SLOTS);
+        s->scr = k;
+        r->scr[k].users = 1;
+    }
+    uint64_t at = 0;
+    for (int j = 0; j < blk->nw; j++) {
+        const vf_wspec *w = &r->bl->w[blk->first_w + j];
+        if (!packed(r->opt.quant, w))
+            continue;
+        int64_t numel = vf_shape_numel(w->shape, w->ndim);
+        int four = w->ndim == 4;
+        void *dst = (char *)r->scr[s->scr].dev + at;
+        vf_status st = vf_device_dequant(r->dev, dst, ptrs[j], r->opt.quant, (int)w->shape[0],
+                                         four ? (int)w->shape[1] : (int)(numel / w->shape[0]),
+                                         four ? (int)w->shape[2] : 1, four ? (int)w->shape[3] : 1);
+        if (st != VF_OK)
+            return vf_error_prefix(st, "expanding '%s'", w->name);
+        ptrs[j] = dst;
+        at += weight_expanded_bytes(w, r->opt.image_dtype);
+    }
+    return VF_OK;
+}
+
+static void scratch_done(vf_residency *r, block_state *s)
+{
+    if (s->scr >= 0)
+        r->scr[s->scr].users = 0;
+    s->scr = -1;
+}
+
 static vf_status stream_acquire(vf_residency *r, int b, const float *const **w)
 {
     block_state *s = &r->blocks[b];
@@ -424,7 +615,7 @@ static vf_status stream_acquire(vf_residency *r, int b, const float *const **w)
     vf_status st = prefetch(r);
     int waited = sl->pending;
     if (st == VF_OK && sl->pending) {
-        st = vf_device_event_wait(r->dev, sl->done);
+        st = vf_device_compute_wait(r->dev, sl->done);
         sl->pending = 0;
     }
     if (st != VF_OK) {
@@ -434,7 +625,14 @@ static vf_status stream_acquire(vf_residency *r, int b, const float *const **w)
         return vf_error_prefix(st, "streaming block '%s'", r->bl->blocks[b].name);
     }
     const float **ptrs = r->slot_ptrs + (size_t)s->slot * (size_t)r->maxw;
-    point(r, b, sl->dev, ptrs);
+    if (s->acquired == 0) {
+        point(r, b, sl->dev, ptrs);
+        if ((st = expand(r, b, ptrs)) != VF_OK) {
+            scratch_done(r, s);
+            sl->users--;
+            return st;
+        }
+    }
     s->acquired++;
     trace_begin(r, b, sl, waited);
     *w = ptrs;
@@ -447,6 +645,14 @@ static vf_status device_acquire(vf_residency *r, int b, const float *const **w)
     if (s->spos >= 0)
         return stream_acquire(r, b, w);
     VF_TRY(load_resident(r, b));
+    if (s->npacked && s->acquired == 0) {
+        point(r, b, vf_arena_ptr(r->arena, s->off), s->ptrs);
+        vf_status st = expand(r, b, s->ptrs);
+        if (st != VF_OK) {
+            scratch_done(r, s);
+            return st;
+        }
+    }
     s->acquired++;
     trace_begin(r, b, NULL, 0);
     *w = s->ptrs;
@@ -459,6 +665,8 @@ static void device_release(vf_residency *r, int b)
     if (s->acquired == 0)
         return;
     s->acquired--;
+    if (s->acquired == 0)
+        scratch_done(r, s);
     if (s->trace_at >= 0 && s->acquired == 0) {
         r->opt.trace[s->trace_at].compute_end = vf_device_now();
         s->trace_at = -1;
@@ -468,6 +676,8 @@ static void device_release(vf_residency *r, int b)
     slot *sl = &r->slots[s->slot];
     if (sl->users > 0)
         sl->users--;
+    if (sl->users == 0 && vf_device_compute_fence(r->dev, sl->freed) != VF_OK)
+        vf_clear_error(); /* the next copy into the slot then waits for nothing; sync reports it */
     /* The freed slot starts receiving the next block now, while the caller
      * works between blocks. A failure here is met again, and reported, by the
      * acquire that needs the block. */
@@ -482,8 +692,8 @@ static vf_status check_options(const vf_blocklist *bl, const vf_residency_option
     if (!o->arena || vf_arena_device(o->arena) != o->device)
         return vf_error(VF_ERR_INVALID_ARG, "residency on %s: needs an arena over that device",
                         vf_device_name(o->device));
-    if (!vf_device_host_accessible(o->device))
-        return vf_error(VF_ERR_UNSUPPORTED, "residency on %s: no kernels for this device are built",
+    if (vf_device_host_accessible(o->device) && (o->image_dtype != VF_DTYPE_F32 || o->image_ohwi))
+        return vf_error(VF_ERR_UNSUPPORTED, "residency on %s: CPU kernels read float32 OIHW weights",
                         vf_device_name(o->device));
     for (int b = 0; o->home && b < bl->nblocks; b++)
         if ((int)o->home[b] < 0 || o->home[b] >= VF_TIER_COUNT)
@@ -533,7 +743,7 @@ static vf_status setup_resident(vf_residency *r)
             return vf_error_prefix(VF_ERR_NO_MEMORY, "residency: block '%s'", r->bl->blocks[b].name);
         char what[300];
         snprintf(what, sizeof what, "block '%s'", r->bl->blocks[b].name);
-        VF_TRY(vf_arena_alloc(r->arena, s->f32, what, &s->off));
+        VF_TRY(vf_arena_alloc(r->arena, s->img, what, &s->off));
         s->has_off = 1;
     }
     return VF_OK;
@@ -544,7 +754,7 @@ static vf_status setup_ring(vf_residency *r)
     int any_disk = 0;
     for (int i = 0; i < r->nstream; i++) {
         const block_state *s = &r->blocks[r->stream[i]];
-        r->slot_bytes = s->f32 > r->slot_bytes ? s->f32 : r->slot_bytes;
+        r->slot_bytes = s->img > r->slot_bytes ? s->img : r->slot_bytes;
         any_disk |= s->home == VF_TIER_DISK;
         int nw = r->bl->blocks[r->stream[i]].nw;
         r->maxw = nw > r->maxw ? nw : r->maxw;
@@ -566,6 +776,7 @@ static vf_status setup_ring(vf_residency *r)
         sl->has_off = 1;
         sl->dev = vf_arena_ptr(r->arena, sl->off);
         VF_TRY(vf_device_event_create(r->dev, &sl->done));
+        VF_TRY(vf_device_event_create(r->dev, &sl->freed));
         if (r->opt.trace)
             VF_TRY(vf_device_event_create(r->dev, &sl->start));
         if (any_disk) {
@@ -586,6 +797,7 @@ static void device_teardown(vf_residency *r)
             vf_arena_release(r->arena, sl->off);
         vf_device_event_destroy(r->dev, sl->start);
         vf_device_event_destroy(r->dev, sl->done);
+        vf_device_event_destroy(r->dev, sl->freed);
         if (sl->bounce) {
             vf_device_pinned_free(r->dev, sl->bounce, r->slot_bytes);
             host_add(r, -(int64_t)r->slot_bytes);
@@ -599,6 +811,9 @@ static void device_teardown(vf_residency *r)
         vf_free(s->ptrs);
         s->ptrs = NULL;
     }
+    for (int k = 0; k < SCRATCH_SLOTS; k++)
+        if (r->scr[k].has_off)
+            vf_arena_release(r->arena, r->scr[k].off);
     vf_device_event_destroy(r->dev, r->sync_ev);
     vf_free(r->slots);
     vf_free(r->slot_ptrs);
@@ -615,7 +830,12 @@ static vf_status device_setup(vf_residency *r)
     for (int b = 0; b < bl->nblocks; b++) {
         block_state *s = &r->blocks[b];
         s->home = r->opt.home ? r->opt.home[b] : VF_TIER_DEVICE;
-        s->f32 = vf_residency_block_f32_bytes(bl, b);
+        s->img = vf_residency_block_stored_bytes(bl, b, r->opt.image_dtype, r->opt.quant);
+        s->scr = -1;
+        uint64_t e = block_expanded_bytes(bl, b, r->opt.image_dtype, r->opt.quant);
+        r->scr_bytes = e > r->scr_bytes ? e : r->scr_bytes;
+        for (int j = 0; j < bl->blocks[b].nw; j++)
+            s->npacked += packed(r->opt.quant, &bl->w[bl->blocks[b].first_w + j]);
         s->slot = -1;
         s->spos = -1;
         s->trace_at = -1;
@@ -623,6 +843,11 @@ static vf_status device_setup(vf_residency *r)
     VF_TRY(vf_device_event_create(r->dev, &r->sync_ev));
     VF_TRY(build_stream(r));
     VF_TRY(setup_ring(r));
+    for (int k = 0; r->scr_bytes && k < SCRATCH_SLOTS; k++) {
+        VF_TRY(vf_arena_alloc(r->arena, r->scr_bytes, "quantized weights' expansion", &r->scr[k].off));
+        r->scr[k].has_off = 1;
+        r->scr[k].dev = vf_arena_ptr(r->arena, r->scr[k].off);
+    }
     return setup_resident(r);
 }
 
@@ -736,6 +961,6 @@ uint64_t vf_residency_device_bytes(const vf_residency *r)
     uint64_t n = (uint64_t)r->nslots * vf_arena_round(r->slot_bytes);
     for (int b = 0; b < r->bl->nblocks; b++)
         if (r->blocks[b].has_off)
-            n += vf_arena_round(r->blocks[b].f32);
+            n += vf_arena_round(r->blocks[b].img);
     return n;
 }

@@ -28,9 +28,13 @@
  * block once. Everything in the arena is taken at creation: a placement that
  * does not fit is VF_ERR_BUDGET there, never halfway through a run.
  *
- * Weights are float32 in device memory too (CPU kernels compute on the
- * simulated device); storage dtypes come with the dtype work. A residency is
- * used by one thread at a time.
+ * On the simulated device weights are float32 in device memory (CPU kernels
+ * compute there). On CUDA the image is the compute dtype and the pointers
+ * acquire hands out are device addresses (backend buffers), never read by
+ * the host; kernels run asynchronously there, so the ordering points are
+ * stream waits: compute waits for a block's copy on the device, and a copy
+ * into a ring slot waits for the compute that last read the slot. A residency
+ * is used by one thread at a time.
  */
 #ifndef VF_MEM_RESIDENCY_H
 #define VF_MEM_RESIDENCY_H
@@ -48,7 +52,28 @@ typedef struct vf_residency_trace {
     double compute_start, compute_end;  /* acquire returned / release called             */
 } vf_residency_trace;
 
+/* Called on every weight right after it is read as float32, before it goes
+ * anywhere (host copy, arena, ring): LoRAs merge here, so resident, streamed
+ * and quantized blocks all get them, and a residency created without the
+ * patch reads the checkpoint's bytes unchanged. w has spec->shape. */
+typedef vf_status (*vf_weight_patch_fn)(void *ctx, const vf_wspec *spec, float *w);
+
 typedef struct vf_residency_options {
+    vf_weight_patch_fn patch;     /* NULL: weights as stored                              */
+    /* The image of a block on a device (the arena, the ring, host copies):
+     * F32 OIHW for CPU kernels (the CPU and the simulated device); the CUDA
+     * backend's compute dtype (F16/BF16) with conv filters OHWI there. Each
+     * weight of a non-F32 image starts on a 256-byte boundary. */
+    vf_dtype image_dtype;         /* default F32                                          */
+    int image_ohwi;
+    /* Quantized storage: weights vf_quant_can packs (core/quant.h) are held in
+     * this format (F8_E4M3, Q8, Q4) in the device image, the host copies and
+     * the ring (what the arena holds and the link carries) and expanded into
+     * one of two scratch slots in the arena right before use. On the CPU path
+     * they are rounded through it (vf_quant_roundtrip), so the CPU computes
+     * what a device would. F16/BF16 there: rounding; F32 (default): none. */
+    vf_dtype quant;
+    void *patch_ctx;
     int keep_resident;            /* CPU: keep converted weights after release (default 1) */
     /* Device placement. device NULL or a CPU device: the CPU path above, and
      * the fields below are ignored. */
@@ -97,5 +122,13 @@ void vf_residency_plan_bytes(const vf_blocklist *bl, const vf_tier *home, int de
                              uint64_t *resident, uint64_t *ring);
 /* float32 bytes of block b's weights. */
 uint64_t vf_residency_block_f32_bytes(const vf_blocklist *bl, int b);
+/* Bytes of block b's image in dtype dt (alignment included). */
+uint64_t vf_residency_block_image_bytes(const vf_blocklist *bl, int b, vf_dtype dt);
+/* Bytes of block b's image in dtype dt with quantizable weights packed in q. */
+uint64_t vf_residency_block_stored_bytes(const vf_blocklist *bl, int b, vf_dtype dt, vf_dtype q);
+/* vf_residency_plan_bytes for images of dtype dt, packed weights in q
+ * (resident includes the scratch slots that expand them). */
+void vf_residency_plan_bytes_ex(const vf_blocklist *bl, const vf_tier *home, int depth, vf_dtype dt, vf_dtype q,
+                                uint64_t *resident, uint64_t *ring);
 
 #endif

@@ -125,7 +125,7 @@ vf_status vf_bl_bind(vf_blocklist *bl, const vf_checkpoint *ck)
                                 vf_component_name(bl->comp), w->name,
                                 vf_shape_str(t->shape, t->ndim, got, sizeof got),
                                 vf_shape_str(w->shape, w->ndim, want, sizeof want));
-            if (!vf_dtype_is_float(t->dtype))
+            if (!vf_dtype_is_float(t->dtype) && !t->packed)
                 return vf_error(VF_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s, not a float type",
                                 vf_checkpoint_path(ck), w->name, vf_dtype_name(t->dtype));
             w->t = t;

@@ -1,14 +1,15 @@
-/* The model's compute backend: which one, and how components reach it.
+/* The model's compute backends: which one, and how components reach them.
  *
- * vf_model_options.backend picks it at open: "cpu" (default; float32, the
- * reference path, weights through the memory manager's residency) or
- * "cuda[:f16|:bf16]" (libvramfit-cuda.so, loaded at run time; a machine
- * without it gets a VF_ERR_DEVICE naming why). Off the CPU each component's
- * weights live in a backend weight cache (model/exec.h), uploaded block by
- * block on first use and kept until the model closes: everything resident,
- * FULL_GPU. The memory manager's device streaming replaces the cache through
- * the residency (the seam is vf_exec_acquire); until then, budgets and
- * offload strategies do not apply to the CUDA backend's weights.
+ * vf_model_options.backend picks the compute backend at open: "cpu" (default;
+ * float32, the reference path) or "cuda[:f16|:bf16]" (libvramfit-cuda.so,
+ * loaded at run time; a machine without it gets a VF_ERR_DEVICE naming why).
+ * The pipeline device "cuda" implies the CUDA backend and the other way round,
+ * so that every CUDA run is under the memory manager: weights reach model
+ * code through the component's residency (pipeline/memory.c), which hands out
+ * backend buffers from the model's arena, resident or streamed through the
+ * staging ring. A component the plan keeps on the CPU (CPU_OFFLOAD's text
+ * encoders and VAE) computes on a CPU backend made on first need, from a CPU
+ * residency, exactly as without a GPU.
  *
  * Stage code calls the vf_model_run_* wrappers below instead of the model
  * functions, so a stage is the same on every backend.
@@ -18,6 +19,7 @@
 #include "pipeline/model.h"
 
 #include <string.h>
+#include <strings.h>
 
 static vf_status parse_backend(const char *spec, vf_backend_options *o)
 {
@@ -37,26 +39,42 @@ static vf_status parse_backend(const char *spec, vf_backend_options *o)
     return vf_error(VF_ERR_INVALID_ARG, "backend '%s': compute dtype must be f16 or bf16", spec);
 }
 
+static int wants_cuda_device(const vf_model_options *o)
+{
+    const char *d = o && o->pipeline ? o->pipeline->device : NULL;
+    return d && strncasecmp(d, "cuda", 4) == 0 && (d[4] == '\0' || d[4] == ':');
+}
+
 vf_status vf_model_backend_open(vf_model *m, const vf_model_options *o)
 {
     vf_backend_options bo;
-    VF_TRY(parse_backend(o ? o->backend : NULL, &bo));
+    const char *spec = o ? o->backend : NULL;
+    /* "cuda:bf16" as a device names the backend's dtype too */
+    if ((!spec || !spec[0]) && wants_cuda_device(o))
+        spec = o->pipeline->device;
+    VF_TRY(parse_backend(spec, &bo));
     vf_status st = vf_backend_create(&bo, &m->be);
     if (st != VF_OK)
         return vf_error_prefix(st, "%s", m->path);
+    if (bo.kind == VF_BACKEND_CUDA) {
+        /* Everything the process holds on the device before the arena: the
+         * CUDA context, library handles, workspaces made at creation (and, on
+         * a shared GPU, other processes, which only makes the budget safer). */
+        uint64_t total = 0, freeb = 0, ws = 0;
+        vf_be_mem_info(m->be, &total, &freeb, &ws);
+        m->be_context = total > freeb ? total - freeb : 0;
+    }
     return VF_OK;
 }
 
 void vf_model_backend_close(vf_model *m)
 {
-    for (int c = 0; c < VF_COMPONENT_COUNT; c++) {
-        vf_wcache_free(m->wc[c]);
-        m->wc[c] = NULL;
-    }
     if (m->be)
         (void)vf_be_sync(m->be);
     vf_backend_free(m->be);
+    vf_backend_free(m->cpu_be);
     m->be = NULL;
+    m->cpu_be = NULL;
 }
 
 vf_status vf_model_exec(vf_model *m, vf_component c, vf_residency *r, vf_exec *x)
@@ -67,27 +85,11 @@ vf_status vf_model_exec(vf_model *m, vf_component c, vf_residency *r, vf_exec *x
     x->be = m->be;
     x->bl = &m->bl[c];
     x->res = r;
-    if (vf_be_info(m->be)->kind == VF_BACKEND_CPU)
+    if (vf_be_info(m->be)->kind == VF_BACKEND_CPU || (m->mm.cuda && m->mm.comp[c].on_device))
         return VF_OK;
-    if (!m->wc[c])
-        VF_TRY(vf_wcache_create(m->be, m->ck, &m->bl[c], &m->wc[c]));
-    x->wc = m->wc[c];
-    return VF_OK;
-}
-
-vf_status vf_model_load_backend(vf_model *m)
-{
-    if (!m->be || vf_be_info(m->be)->kind == VF_BACKEND_CPU)
-        return VF_OK;
-    for (int c = 0; c < VF_COMPONENT_COUNT; c++) {
-        vf_exec x;
-        if (!m->present[c])
-            continue;
-        VF_TRY(vf_model_exec(m, (vf_component)c, NULL, &x));
-        vf_status st = vf_wcache_load_all(x.wc);
-        if (st != VF_OK)
-            return vf_error_prefix(st, "%s: %s", m->path, vf_component_name((vf_component)c));
-    }
+    if (!m->cpu_be)
+        VF_TRY(vf_backend_create(NULL, &m->cpu_be));
+    x->be = m->cpu_be;
     return VF_OK;
 }
 
@@ -118,11 +120,3 @@ vf_status vf_model_run_vae(vf_model *m, vf_residency *r, const vf_vae_config *cf
 }
 
 vf_backend *vf_model_backend(vf_model *m) { return m ? m->be : NULL; }
-
-uint64_t vf_model_backend_weight_bytes(const vf_model *m)
-{
-    uint64_t n = 0;
-    for (int c = 0; m && c < VF_COMPONENT_COUNT; c++)
-        n += vf_wcache_bytes(m->wc[c]);
-    return n;
-}

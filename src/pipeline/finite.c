@@ -52,7 +52,7 @@ vf_status vf_find_nonfinite_weight(const vf_model *m, vf_component c, const char
     for (size_t i = 0; st == VF_OK && i < n && !*name; i++) {
         const vf_ckpt_tensor *t = vf_checkpoint_at(m->ck, c, i);
         int yes = 0;
-        if (!vf_dtype_is_float(t->dtype) || vf_dtype_size(t->dtype) > 8)
+        if (!vf_dtype_is_float(t->dtype) || vf_dtype_size(t->dtype) > 8 || t->packed)
             continue;
         st = tensor_nonfinite(t, buf, raw, &yes);
         if (st == VF_OK && yes)

@@ -1,7 +1,7 @@
 /* The model's memory: device, plan, arena and where each component lives.
  *
  * This is where the memory manager's pieces meet the pipeline. A model opens
- * a device ("cpu", or the simulated one; CUDA plugs in the same way later).
+ * a device ("cpu", the simulated one, or "cuda" over the CUDA backend).
  * Each generation asks for a plan for its request (vf_mm_prepare); the plan
  * comes from the planner (vf_model_plan, the very function `vramfit plan`
  * calls, so the two agree) and is turned into a placement per component:
@@ -18,10 +18,14 @@
  *                    (vf_model_component_done), so only one of them holds
  *                    arena space at a time; everything else stays.
  *
- * The activations are still host allocations (model code uses vf_malloc), so
- * the planner's activation estimate is reserved in the arena next to each
+ * On the simulated device the activations are host allocations (CPU kernels),
+ * so the planner's activation estimate is reserved in the arena next to each
  * device component's weights: the arena then accounts for what a GPU run
- * would hold, and a budget that fits here fits there.
+ * would hold, and a budget that fits there fits on the GPU. On CUDA they are
+ * real: the backend carves every buffer and kernel workspace from the arena
+ * (vf_be_set_allocator), which is therefore sized with room for them, and a
+ * request whose activations outgrow it fails like any device allocation
+ * (re-plan, or a clear error).
  *
  * The arena is reserved once, exactly as large as the placement needs
  * (persistent components + the largest per-stage one, each allocation
@@ -50,6 +54,12 @@
 #define SIM_DEFAULT_MEMORY (8ull << 30)
 #define FIT_TRIES 8                /* plans made to absorb arena rounding    */
 #define RECOVER_TRIES 2            /* re-plans after device failures, per call */
+/* CUDA: the default budget leaves max(this, 5%) of the card free; SLACK is
+ * kept out of the arena for what the driver and libraries allocate on their
+ * own (cuDNN internals, small backend scratch buffers). */
+#define CUDA_MARGIN ((uint64_t)256 << 20)
+#define CUDA_SLACK ((uint64_t)96 << 20)
+#define CUDA_WORKSPACE ((uint64_t)256 << 20)
 
 void vf_pipeline_options_init(vf_pipeline_options *o)
 {
@@ -144,6 +154,66 @@ static int word_is(const char *s, const char *w, const char **rest)
     return 1;
 }
 
+/* Pinned host -> device bytes per second, best of three 64 MiB copies on the
+ * copy stream: what streaming plans are made with. 0 when it cannot be had. */
+static double measure_link(vf_backend *be)
+{
+    const size_t n = (size_t)64 << 20;
+    void *host = NULL, *dev = NULL;
+    vf_bevent *a = NULL, *b = NULL;
+    double best = 0;
+    if (vf_be_pinned_alloc(be, n, &host) != VF_OK || vf_be_reserve(be, n, &dev) != VF_OK ||
+        vf_be_event_create(be, &a) != VF_OK || vf_be_event_create(be, &b) != VF_OK)
+        goto done;
+    memset(host, 0, n);
+    for (int i = 0; i < 3; i++) {
+        float ms = 0;
+        if (vf_be_record(be, a, VF_STREAM_COPY) != VF_OK || vf_be_h2d_async(be, dev, host, n) != VF_OK ||
+            vf_be_record(be, b, VF_STREAM_COPY) != VF_OK || vf_be_event_sync(be, b) != VF_OK ||
+            vf_be_elapsed_ms(be, a, b, &ms) != VF_OK)
+            goto done;
+        double bw = ms > 0 ? (double)n / (ms * 1e-3) : 0;
+        best = bw > best ? bw : best;
+    }
+done:
+    vf_clear_error();
+    vf_be_event_destroy(be, a);
+    vf_be_event_destroy(be, b);
+    vf_be_unreserve(be, dev);
+    vf_be_pinned_free(be, host);
+    return best;
+}
+
+/* The CUDA device over the model's CUDA backend: context measured when the
+ * backend was made, the link measured now, the budget defaulting to what is
+ * free less a margin. */
+static vf_status open_cuda(vf_model *m, const char *spec)
+{
+    vf_mm *mm = &m->mm;
+    if (!m->be || vf_be_info(m->be)->kind != VF_BACKEND_CUDA)
+        return vf_error(VF_ERR_INVALID_ARG, "device '%s' needs the CUDA backend (backend is %s)", spec,
+                        m->be ? vf_be_info(m->be)->name : "none");
+    if (mm->opt.dtype_policy == VF_DTYPE_POLICY_F32)
+        return vf_error(VF_ERR_UNSUPPORTED, "device '%s': CUDA computes in f16 or bf16 (dtype policy f32 "
+                        "is for cpu and sim)", spec);
+    VF_TRY(vf_device_cuda_create(m->be, m->be_context, &mm->dev));
+    uint64_t total = 0, freeb = 0;
+    vf_device_mem_info(mm->dev, &total, &freeb);
+    mm->cuda = 1;
+    mm->image_dtype = vf_be_dtype(m->be);
+    mm->context = m->be_context;
+    mm->link_bandwidth = (uint64_t)measure_link(m->be);
+    uint64_t margin = total / 20 > CUDA_MARGIN ? total / 20 : CUDA_MARGIN;
+    mm->budget = mm->opt.vram_budget ? mm->opt.vram_budget
+                 : freeb + mm->context > margin ? freeb + mm->context - margin : 0;
+    if (mm->budget <= mm->context + CUDA_SLACK)
+        return vf_error(VF_ERR_BUDGET, "device '%s': vram budget %llu bytes leaves nothing beside the %llu "
+                        "bytes held at start (CUDA context, libraries) and %llu bytes of slack", spec,
+                        (unsigned long long)mm->budget, (unsigned long long)mm->context,
+                        (unsigned long long)CUDA_SLACK);
+    return VF_OK;
+}
+
 /* Creates the device the spec names into m->mm (dev NULL for the CPU). */
 static vf_status open_device(vf_model *m, const char *spec)
 {
@@ -157,8 +227,7 @@ static vf_status open_device(vf_model *m, const char *spec)
         return VF_OK;
     }
     if (word_is(spec, "cuda", &rest) && (!*rest || *rest == ':'))
-        return vf_error(VF_ERR_UNSUPPORTED, "device '%s': the CUDA device is not built yet; use cpu "
-                        "or sim", spec);
+        return open_cuda(m, spec);
     if (!word_is(spec, "sim", &rest))
         return vf_error(VF_ERR_INVALID_ARG, "device '%s': expected cpu, sim[:BANDWIDTH][,context=SIZE]"
                         "[,memory=SIZE] or cuda", spec);
@@ -172,9 +241,29 @@ static vf_status open_device(vf_model *m, const char *spec)
     if (st != VF_OK)
         return vf_error_prefix(st, "device '%s'", spec);
     mm->context = so.context_bytes;
-    mm->sim_bandwidth = (uint64_t)so.bandwidth;
+    mm->link_bandwidth = (uint64_t)so.bandwidth;
     mm->budget = mm->opt.vram_budget ? mm->opt.vram_budget : so.memory;
     return VF_OK;
+}
+
+/* The packed format a dtype policy stores weights in (F32: none). */
+static vf_dtype policy_quant(vf_dtype_policy p)
+{
+    return p == VF_DTYPE_POLICY_F8 ? VF_DTYPE_F8_E4M3 : p == VF_DTYPE_POLICY_Q8 ? VF_DTYPE_Q8
+           : p == VF_DTYPE_POLICY_Q4 ? VF_DTYPE_Q4 : VF_DTYPE_F32;
+}
+
+/* Components a quantized policy packs: the UNet and the text encoders. The
+ * VAE stays in the compute dtype (small, and its convolutions are where
+ * quantization shows in the image). */
+static vf_dtype component_quant(const vf_mm *mm, vf_component c)
+{
+    return c == VF_COMPONENT_VAE ? VF_DTYPE_F32 : policy_quant(mm->opt.dtype_policy);
+}
+
+static int is_cuda_spec(const char *d)
+{
+    return d && strncasecmp(d, "cuda", 4) == 0 && (d[4] == '\0' || d[4] == ':');
 }
 
 static vf_status check_options(const vf_pipeline_options *o)
@@ -183,6 +272,11 @@ static vf_status check_options(const vf_pipeline_options *o)
         (unsigned)o->dtype_policy >= VF_DTYPE_POLICY_COUNT)
         return vf_error(VF_ERR_INVALID_ARG, "pipeline options: offload %d, loading %d or dtype policy "
                         "%d is out of range", (int)o->offload, (int)o->loading, (int)o->dtype_policy);
+    if (policy_quant(o->dtype_policy) != VF_DTYPE_F32)
+        return VF_OK; /* every device: packed storage, expanded for compute */
+    if (is_cuda_spec(o->device) && (o->dtype_policy == VF_DTYPE_POLICY_F16 ||
+                                     o->dtype_policy == VF_DTYPE_POLICY_BF16))
+        return VF_OK;
     switch (o->dtype_policy) {
     case VF_DTYPE_POLICY_AUTO:
     case VF_DTYPE_POLICY_FAST:
@@ -203,8 +297,15 @@ vf_status vf_mm_open(vf_model *m, const vf_pipeline_options *o)
         o = &def;
     }
     mm->opt = *o;
-    VF_TRY(check_options(o));
-    mm->spec = vf_strdup(o->device ? o->device : "cpu");
+    /* The CUDA backend computes on the GPU: its device is "cuda", always. */
+    int be_cuda = m->be && vf_be_info(m->be)->kind == VF_BACKEND_CUDA;
+    if (be_cuda && (!o->device || !o->device[0]))
+        mm->opt.device = "cuda";
+    if (be_cuda && !is_cuda_spec(mm->opt.device))
+        return vf_error(VF_ERR_INVALID_ARG, "device '%s': the cuda backend computes on the GPU (device cuda)",
+                        mm->opt.device);
+    VF_TRY(check_options(&mm->opt));
+    mm->spec = vf_strdup(mm->opt.device ? mm->opt.device : "cpu");
     if (!mm->spec)
         return vf_error_prefix(VF_ERR_NO_MEMORY, "device");
     mm->opt.device = mm->spec;
@@ -232,7 +333,7 @@ static void comps_free(vf_mm_comp *v)
 static int comps_equal(const vf_mm_comp *a, const vf_mm_comp *b, const vf_model *m)
 {
     for (int c = 0; c < VF_COMPONENT_COUNT; c++) {
-        if (a[c].on_device != b[c].on_device || a[c].per_stage != b[c].per_stage ||
+        if (a[c].on_device != b[c].on_device || a[c].per_stage != b[c].per_stage || a[c].quant != b[c].quant ||
             a[c].ring_depth != b[c].ring_depth || a[c].act != b[c].act)
             return 0;
         if (a[c].on_device &&
@@ -272,7 +373,9 @@ static vf_status place_component(const vf_model *m, const vf_plan *p, vf_compone
     }
     mc->per_stage = p->strategy == VF_OFFLOAD_SEQUENTIAL ||
                     (p->strategy == VF_OFFLOAD_STREAM && c != VF_COMPONENT_UNET && nstream > 0);
-    vf_residency_plan_bytes(bl, mc->home, mc->ring_depth ? mc->ring_depth : 1, &mc->resident, &mc->ring);
+    mc->quant = component_quant(&m->mm, c);
+    vf_residency_plan_bytes_ex(bl, mc->home, mc->ring_depth ? mc->ring_depth : 1, m->mm.image_dtype, mc->quant,
+                               &mc->resident, &mc->ring);
     mc->act = pc->act_bytes ? vf_arena_round(pc->act_bytes) : 0;
     return VF_OK;
 }
@@ -348,12 +451,13 @@ static vf_status plan_device(const vf_model *m, const vf_mm_request *rq, uint64_
     vf_plan_options_init(&o);
     o.vram_budget = budget;
     o.offload = mm->opt.offload;
-    o.dtype_policy = VF_DTYPE_POLICY_F32;
+    o.dtype_policy = policy_quant(mm->opt.dtype_policy) != VF_DTYPE_F32 ? mm->opt.dtype_policy
+                     : mm->cuda ? VF_DTYPE_POLICY_F16 : VF_DTYPE_POLICY_F32;
     o.width = rq->width;
     o.height = rq->height;
     o.steps = rq->steps;
     o.cfg = rq->cfg;
-    o.link_bandwidth = (double)mm->sim_bandwidth;
+    o.link_bandwidth = (double)mm->link_bandwidth;
     o.context_overhead = mm->context ? mm->context : 1;
     o.free_vram = free_vram ? free_vram : 1;
     return vf_model_plan(m, &o, out);
@@ -390,7 +494,7 @@ static vf_status plan_fitting(vf_model *m, const vf_mm_request *rq, uint64_t bud
             vf_plan_free(p);
             return st;
         }
-        uint64_t total = m->mm.context + *need;
+        uint64_t total = m->mm.context + *need + (m->mm.cuda ? CUDA_SLACK : 0);
         if (total <= budget) {
             *out = p;
             return VF_OK;
@@ -428,11 +532,49 @@ static void free_components(vf_model *m, int all)
     }
 }
 
+/* CUDA: activations and kernel workspaces are carved from the arena too
+ * (backend.h, vf_be_allocator), freed in issue order = stream order. */
+static vf_status arena_be_alloc(void *ctx, size_t bytes, void **p)
+{
+    vf_arena *a = ((vf_model *)ctx)->mm.arena;
+    uint64_t off;
+    *p = NULL;
+    VF_TRY(vf_arena_alloc(a, bytes, "activations", &off));
+    *p = vf_arena_ptr(a, off);
+    return VF_OK;
+}
+
+static void arena_be_free(void *ctx, void *p)
+{
+    vf_arena *a = ((vf_model *)ctx)->mm.arena;
+    vf_arena_release(a, (uint64_t)((char *)p - (char *)vf_arena_ptr(a, 0)));
+}
+
 static void free_arena(vf_model *m)
 {
     free_components(m, 0);
+    if (m->mm.cuda && m->mm.arena) {
+        (void)vf_be_sync(m->be);
+        vf_be_set_allocator(m->be, NULL);
+    }
     vf_arena_free(m->mm.arena);
     m->mm.arena = NULL;
+    m->mm.arena_bytes = 0;
+}
+
+/* On CUDA activations and workspaces come from the arena at run time and
+ * their planned size is an estimate, so the arena gets twice the estimate
+ * plus a workspace allowance on top of the placement, within what the budget
+ * leaves (the budget less the context and the slack). Elsewhere it is exactly
+ * the placement. */
+static uint64_t cuda_arena_bytes(const vf_mm *mm)
+{
+    uint64_t act = 0, cap = mm->planned_budget > mm->context + CUDA_SLACK
+                               ? mm->planned_budget - mm->context - CUDA_SLACK : 0;
+    for (int c = 0; c < VF_COMPONENT_COUNT; c++)
+        act = mm->comp[c].on_device && mm->comp[c].act > act ? mm->comp[c].act : act;
+    uint64_t want = mm->arena_need + act + CUDA_WORKSPACE;
+    return want < cap ? want : cap > mm->arena_need ? cap : mm->arena_need;
 }
 
 static vf_status reserve_arena(vf_model *m)
@@ -440,7 +582,19 @@ static vf_status reserve_arena(vf_model *m)
     vf_mm *mm = &m->mm;
     if (mm->arena || !mm->dev || mm->arena_need == 0)
         return VF_OK;
-    return vf_arena_create(mm->dev, mm->arena_need, &mm->arena);
+    uint64_t bytes = mm->cuda ? cuda_arena_bytes(mm) : mm->arena_need;
+    VF_TRY(vf_arena_create(mm->dev, bytes, &mm->arena));
+    mm->arena_bytes = bytes;
+    if (mm->cuda) {
+        uint64_t weights = 0;
+        for (int c = 0; c < VF_COMPONENT_COUNT; c++)
+            weights += mm->comp[c].on_device ? mm->comp[c].resident + mm->comp[c].ring : 0;
+        uint64_t spare = bytes > weights ? bytes - weights : 0, ws = spare / 4;
+        vf_be_allocator a = {arena_be_alloc, arena_be_free, m,
+                             (size_t)(ws < ((uint64_t)16 << 20) ? ((uint64_t)16 << 20) : ws)};
+        vf_be_set_allocator(m->be, &a);
+    }
+    return VF_OK;
 }
 
 /* Installs plan p and placement v (taking both). Residencies whose placement
@@ -585,11 +739,13 @@ static vf_status create_component(vf_model *m, vf_component c)
     vf_residency_options_init(&o);
     o.trace = mm->trace[c];
     o.trace_cap = mm->trace_cap[c];
+    o.quant = component_quant(mm, c);
+    vf_model_lora_patch(m, c, &o);     /* LoRAs merge as weights convert (pipeline/lora.c) */
     if (mc->on_device) {
         VF_TRY(reserve_arena(m));
         char what[64];
         snprintf(what, sizeof what, "activations of %s", vf_component_name(c));
-        if (mc->act) {
+        if (mc->act && !mm->cuda) {
             VF_TRY(vf_arena_alloc(mm->arena, mc->act, what, &mc->act_off));
             mc->has_act = 1;
         }
@@ -597,6 +753,8 @@ static vf_status create_component(vf_model *m, vf_component c)
         o.arena = mm->arena;
         o.home = mc->home;
         o.ring_depth = mc->ring_depth ? mc->ring_depth : 1;
+        o.image_dtype = mm->image_dtype;
+        o.image_ohwi = mm->cuda && vf_be_info(m->be)->filter_layout == VF_FILTER_OHWI;
     }
     vf_status st = vf_residency_create(m->ck, &m->bl[c], &o, &m->res[c]);
     if (st != VF_OK) {
@@ -636,8 +794,7 @@ void vf_mm_close(vf_model *m)
 {
     vf_mm *mm = &m->mm;
     free_components(m, 1);
-    vf_arena_free(mm->arena);
-    mm->arena = NULL;
+    free_arena(m);
     comps_free(mm->comp);
     vf_plan_free(mm->plan);
     mm->plan = NULL;
@@ -684,8 +841,7 @@ void vf_model_unload(vf_model *m)
     if (!m)
         return;
     free_components(m, 1);
-    vf_arena_free(m->mm.arena);
-    m->mm.arena = NULL;
+    free_arena(m);
 }
 
 const char *vf_model_device_name(const vf_model *m)
@@ -719,6 +875,9 @@ vf_status vf_model_component_placement(vf_model *m, vf_component c, vf_component
     out->present = 1;
     out->device = mc->on_device ? vf_device_name(m->mm.dev) : "cpu";
     out->dtype = pc->dtype;
+    /* what its weights are stored as: packed under a quantized policy */
+    if (component_quant(&m->mm, c) != VF_DTYPE_F32)
+        out->dtype = component_quant(&m->mm, c);
     out->stage = pc->stage;
     out->loaded = m->res[c] != NULL;
     out->per_stage = mc->per_stage;
@@ -730,7 +889,7 @@ vf_status vf_model_component_placement(vf_model *m, vf_component c, vf_component
     out->ring_depth = mc->ring_depth;
     for (int b = 0; b < m->bl[c].nblocks; b++) {
         if (mc->home[b] != VF_TIER_DEVICE)
-            out->streamed_bytes += vf_residency_block_f32_bytes(&m->bl[c], b);
+            out->streamed_bytes += vf_residency_block_stored_bytes(&m->bl[c], b, m->mm.image_dtype, mc->quant);
     }
     return VF_OK;
 }

@@ -248,6 +248,7 @@ void vf_model_close(vf_model *m)
         return;
     vf_mm_close(m);
     vf_model_backend_close(m);
+    vf_model_loras_free(m);
     for (int c = 0; c < VF_COMPONENT_COUNT; c++)
         vf_bl_free(&m->bl[c]);
     for (int i = 0; i < 2; i++)

@@ -39,6 +39,7 @@ typedef struct vf_mm_comp {
     uint64_t act;                 /* activation reservation (rounded)           */
     uint64_t act_off;
     int has_act;
+    vf_dtype quant;               /* packed storage of its weights, or F32: none */
 } vf_mm_comp;
 
 /* The model's memory: device, plan, arena, placement (pipeline/memory.c). */
@@ -48,7 +49,10 @@ typedef struct vf_mm {
     vf_device *dev;               /* NULL: the CPU                              */
     uint64_t context;             /* device context bytes                       */
     uint64_t budget;              /* what plans must fit (context included)     */
-    uint64_t sim_bandwidth;
+    uint64_t link_bandwidth;      /* host->device bytes/s: sim's, or measured    */
+    int cuda;                     /* dev is the CUDA device over m->be           */
+    vf_dtype image_dtype;         /* weights on the device: F32 (sim), F16/BF16  */
+    uint64_t arena_bytes;         /* reserved (CUDA: the whole budget's share)   */
     vf_plan *plan;
     vf_mm_request key;            /* the plan's request                         */
     uint64_t planned_budget;      /* the budget the plan was made for           */
@@ -80,10 +84,15 @@ struct vf_model {
     vf_residency *res[VF_COMPONENT_COUNT];         /* lazily created              */
     vf_clip_config clip[2];                        /* text_encoder, text_encoder_2 */
     vf_mm mm;
-    /* Compute backend and, off the CPU, each component's backend-resident
-     * weights (pipeline/exec.c). */
+    /* Compute backends (pipeline/exec.c): be computes the components placed
+     * on the device (and everything on the CPU when it is the CPU backend);
+     * cpu_be, made on first need, those a CUDA model's plan keeps on the CPU. */
     vf_backend *be;
-    vf_wcache *wc[VF_COMPONENT_COUNT];
+    vf_backend *cpu_be;
+    uint64_t be_context;          /* device bytes in use once be was created     */
+    /* LoRAs merged into weights as they are converted (pipeline/lora.c);
+     * NULL until one is added. */
+    struct vf_lora_set *loras;
 };
 
 /* The component's residency, created on first use as the model's plan places
@@ -116,15 +125,15 @@ vf_status vf_model_tokenizer(vf_model *m, int which, vf_tokenizer **out);
 
 /* ---- compute backend (pipeline/exec.c) ---- */
 
-/* Creates m->be from o->backend ("cpu", "cuda", "cuda:f16", "cuda:bf16"). */
+/* Creates m->be from o->backend ("cpu", "cuda", "cuda:f16", "cuda:bf16"); a
+ * pipeline device "cuda[:DTYPE]" implies the CUDA backend, and the CUDA
+ * backend implies that device (pipeline/memory.c). */
 vf_status vf_model_backend_open(vf_model *m, const vf_model_options *o);
-/* Frees the weight caches and the backend. */
+/* Frees the backends. */
 void vf_model_backend_close(vf_model *m);
 /* Component c's execution context on the model's backend; r (the component's
  * residency) is where CPU-backend weights come from. */
 vf_status vf_model_exec(vf_model *m, vf_component c, vf_residency *r, vf_exec *x);
-/* Off the CPU: uploads every present component's weights now. */
-vf_status vf_model_load_backend(vf_model *m);
 /* The stages' calls of the model code, on the model's backend. */
 vf_status vf_model_run_clip(vf_model *m, vf_component c, vf_residency *r, const int32_t *ids, float *last_hidden,
                             float *penultimate, float *pooled_proj);
@@ -134,7 +143,13 @@ vf_status vf_model_run_unet(vf_model *m, vf_residency *r, const vf_unet_config *
 vf_status vf_model_run_vae(vf_model *m, vf_residency *r, const vf_vae_config *cfg, const float *latents, int B,
                            int h, int w, float *image);
 vf_backend *vf_model_backend(vf_model *m);
-/* Backend bytes held by uploaded weights (0 on the CPU). */
-uint64_t vf_model_backend_weight_bytes(const vf_model *m);
+
+/* ---- LoRAs (pipeline/lora.c) ---- */
+
+/* Sets o->patch and o->patch_ctx for component c's residency when the model
+ * has LoRAs at a nonzero strength (else leaves them NULL: weights as stored). */
+void vf_model_lora_patch(vf_model *m, vf_component c, vf_residency_options *o);
+/* Frees the model's LoRAs (vf_model_close). */
+void vf_model_loras_free(vf_model *m);
 
 #endif

@@ -103,7 +103,7 @@ print(vramfit.__version__, vramfit.MemoryManager().detect_resources()["cpu_cores
   check "which loads the installed library" \
     '[ "$(readlink -f "${lines[1]}")" = "$(readlink -f "$libdir/libvramfit.so.0")" ]'
   check "and calls it" '[ "${lines[2]:-}" = "$version" ] && [ "${lines[3]:-0}" -gt 0 ]'
-  block python | sed "s#build/tiny-sd15#$prefix/tiny-sd15#g" > "$prefix/example.py"
+  block python | sed "s#models/demo#$prefix/tiny-sd15#g" > "$prefix/example.py"
   check "README Python example found" '[ -s "$prefix/example.py" ]'
   (cd "$prefix" && env -u VRAMFIT_LIB $san_env PYTHONPATH="$prefix/lib/python3/dist-packages" \
      PYTHONDONTWRITEBYTECODE=1 "$python" example.py > example.log 2>&1); rc=$?

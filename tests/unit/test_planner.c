@@ -8,11 +8,17 @@
  * SEQUENTIAL's peak being its largest stage, the "needs at least" figure of a
  * rejected budget being exactly enough, the ring simulation against hand
  * computed cases, size and name parsing, and allocation failures.
+ *
+ * The offload ladder is documented for an F16 UNet (with F32 text encoders
+ * and VAE), so setup_init pins the dtype policy AUTO to that rung; the tests
+ * of the dtype policy itself (test_dtype_*) let AUTO choose, which gives Q8
+ * below 8 GB, F16 from 8 to 12 GB and F32 above (the documented thresholds).
  */
 #include "test.h"
 
 #include "core/alloc.h"
 #include "core/error.h"
+#include "core/quant.h"
 #include "mem/planner.h"
 #include "pipeline/synth.h"
 
@@ -84,6 +90,7 @@ static void setup_init(setup *s, double budget_gb, vf_offload_strategy strategy,
     s->po.budget = (uint64_t)(budget_gb * GB + 0.5);
     s->po.strategy = strategy;
     s->po.allow_stream = stream;
+    s->po.auto_rung = VF_RUNG_F16; /* the ladder's dtypes; test_dtype_* let AUTO choose */
 }
 
 static vf_status plan(const setup *s, vf_plan **out)
@@ -409,8 +416,178 @@ static void test_dtype_policy_moves_rungs(void)
     }
     vf_plan_free(a);
     vf_plan_free(b);
+    /* packed formats plan with their packed bytes (test_dtype_packed_bytes) */
     s.po.dtype_policy = VF_DTYPE_POLICY_Q4;
-    CHECK(plan(&s, &a) == VF_ERR_UNSUPPORTED);
+    CHECK_OK(plan(&s, &a));
+    if (a)
+        CHECK(a->comp[VF_COMPONENT_UNET].dtype == VF_DTYPE_Q4 &&
+              a->comp[VF_COMPONENT_UNET].weight_bytes < 2567463684ull * 2 / 3);
+    vf_plan_free(a);
+    drop_model();
+}
+
+/* ---- the dtype policy ------------------------------------------------------------------ */
+
+/* Exact bytes of a component stored in fmt, from the weight shapes: packed
+ * where vf_quant_can() takes the weight, F16 elsewhere. */
+static uint64_t packed_component_bytes(vf_component c, vf_dtype fmt, uint64_t *largest_block)
+{
+    uint64_t total = 0;
+    *largest_block = 0;
+    for (int b = 0; b < g_bl[c].nblocks; b++) {
+        const vf_block *blk = &g_bl[c].blocks[b];
+        uint64_t params = 0;
+        for (int i = blk->first_w; i < blk->first_w + blk->nw; i++) {
+            const vf_wspec *w = &g_bl[c].w[i];
+            int64_t cols = 1;
+            for (int d = 1; d < w->ndim; d++)
+                cols *= w->shape[d];
+            params += (uint64_t)(w->shape[0] * cols);
+            total += vf_quant_can(fmt, w->ndim, w->shape) ? vf_quant_packed_bytes(fmt, w->shape[0], cols)
+                                                          : (uint64_t)(w->shape[0] * cols) * 2;
+        }
+        *largest_block = params > *largest_block ? params : *largest_block;
+    }
+    return total;
+}
+
+/* AUTO from free VRAM with real SDXL sizes: Q8 below 8 GB, F16 from 8 to 12
+ * GB, F32 above 12 GB, with streaming allowed or not (the choice weighs
+ * plans without streaming either way), every plan inside its budget. */
+static void test_dtype_auto_thresholds(void)
+{
+    if (!load_model(VF_ARCH_SDXL))
+        return;
+    static const struct {
+        double gb;
+        vf_dtype unet;
+    } want[] = {{2.0, VF_DTYPE_Q8},   {4.0, VF_DTYPE_Q8},   {6.0, VF_DTYPE_Q8},   {7.9, VF_DTYPE_Q8},
+                {8.1, VF_DTYPE_F16},  {10.0, VF_DTYPE_F16}, {11.9, VF_DTYPE_F16}, {12.5, VF_DTYPE_F32},
+                {14.0, VF_DTYPE_F32}, {16.5, VF_DTYPE_F32}, {24.0, VF_DTYPE_F32}, {40.0, VF_DTYPE_F32}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        for (int stream = 0; stream < 2; stream++) {
+            setup s;
+            setup_init(&s, want[i].gb, VF_OFFLOAD_AUTO, stream);
+            s.po.auto_rung = VF_RUNG_CHOOSE;
+            vf_plan *p = NULL;
+            CHECK_OK(plan(&s, &p));
+            if (!p)
+                continue;
+            const vf_plan_component *u = &p->comp[VF_COMPONENT_UNET];
+            CHECK_MSG(u->dtype == want[i].unet, "%.1f GB%s: UNet %s, want %s (%s)", want[i].gb,
+                      stream ? " with streaming" : "", vf_dtype_name(u->dtype), vf_dtype_name(want[i].unet),
+                      p->dtype_reason);
+            CHECK(strncmp(p->dtype_reason, "auto: ", 6) == 0);
+            CHECK(p->peak_device <= s.po.budget);
+            /* the rung's other components: F32 everything; F16 the ladder's; Q8 the text encoders too */
+            vf_dtype te = p->comp[VF_COMPONENT_TEXT_ENCODER_2].dtype, vae = p->comp[VF_COMPONENT_VAE].dtype;
+            if (p->comp[VF_COMPONENT_TEXT_ENCODER_2].on_device)
+                CHECK(te == (want[i].unet == VF_DTYPE_F16 ? VF_DTYPE_F32 : want[i].unet));
+            if (p->comp[VF_COMPONENT_VAE].on_device)
+                CHECK(vae == VF_DTYPE_F32); /* SDXL's VAE: force_upcast */
+            vf_plan_free(p);
+        }
+    }
+    drop_model();
+}
+
+/* Packed storage counts packed bytes, exactly: per block the packed size of
+ * every weight the format takes and F16 for the rest; the activation region
+ * grows by the F16 buffer of the largest block, which dequantizes into it. */
+static void test_dtype_packed_bytes(void)
+{
+    if (!load_model(VF_ARCH_SDXL))
+        return;
+    static const vf_dtype_policy pols[] = {VF_DTYPE_POLICY_F8, VF_DTYPE_POLICY_Q8, VF_DTYPE_POLICY_Q4};
+    static const vf_dtype fmts[] = {VF_DTYPE_F8_E4M3, VF_DTYPE_Q8, VF_DTYPE_Q4};
+    setup s;
+    setup_init(&s, 40.0, VF_OFFLOAD_FULL_GPU, 0);
+    s.po.dtype_policy = VF_DTYPE_POLICY_F16;
+    vf_plan *f16 = NULL;
+    CHECK_OK(plan(&s, &f16));
+    for (size_t i = 0; f16 && i < 3; i++) {
+        vf_plan *p = NULL;
+        s.po.dtype_policy = pols[i];
+        CHECK_OK(plan(&s, &p));
+        if (!p)
+            continue;
+        for (int c = 0; c < VF_COMPONENT_COUNT; c++) {
+            const vf_plan_component *pc = &p->comp[c];
+            uint64_t largest, want = packed_component_bytes((vf_component)c, fmts[i], &largest);
+            if (c == VF_COMPONENT_VAE) {
+                CHECK(pc->dtype == VF_DTYPE_F32); /* the VAE stays, at its force_upcast F32 */
+                continue;
+            }
+            CHECK_MSG(pc->dtype == fmts[i] && pc->weight_bytes == want, "%s %s: %s, %llu bytes, want %llu",
+                      vf_dtype_name(fmts[i]), vf_component_name((vf_component)c), vf_dtype_name(pc->dtype),
+                      (unsigned long long)pc->weight_bytes, (unsigned long long)want);
+            for (int b = 0; b < pc->nblocks; b++)
+                CHECK(pc->blocks[b].dtype == fmts[i] && pc->blocks[b].extra_s > 0);
+            if (c == VF_COMPONENT_UNET)
+                CHECK_MSG(pc->act_bytes == f16->comp[c].act_bytes + largest * 2, "%s: activations %llu, F16 %llu",
+                          vf_dtype_name(fmts[i]), (unsigned long long)pc->act_bytes,
+                          (unsigned long long)f16->comp[c].act_bytes);
+        }
+        uint64_t u = p->comp[VF_COMPONENT_UNET].weight_bytes;
+        printf("SDXL UNet stored as %s: %.3f GB (F16 %.3f GB)\n", vf_dtype_name(fmts[i]), u / GB,
+               f16->comp[VF_COMPONENT_UNET].weight_bytes / GB);
+        /* Q8 is about 17/32 of F16, Q4 about 10/32, F8 about half */
+        double r = (double)u / (double)f16->comp[VF_COMPONENT_UNET].weight_bytes;
+        CHECK(fmts[i] == VF_DTYPE_Q4 ? r < 0.33 : r < 0.54);
+        CHECK(p->peak_device < f16->peak_device);
+        /* the JSON carries the dtype per component and per run of blocks */
+        char *text = NULL;
+        CHECK_OK(vf_plan_to_json(p, &text));
+        CHECK(text && strstr(text, vf_dtype_name(fmts[i])) && strstr(text, "\"dtype_reason\""));
+        vf_string_free(text);
+        vf_plan_free(p);
+    }
+    vf_plan_free(f16);
+    drop_model();
+}
+
+/* FAST keeps F16 wherever Q8 is not faster (Q8 pays for dequantizing), and
+ * takes Q8 where streaming half the bytes wins: its step is then the lower. */
+static void test_dtype_fast(void)
+{
+    if (!load_model(VF_ARCH_SDXL))
+        return;
+    int q8 = 0, f16 = 0;
+    for (double gb = 1.5; gb <= 24; gb *= 1.5) {
+        setup s;
+        setup_init(&s, gb, VF_OFFLOAD_AUTO, 1);
+        s.po.dtype_policy = VF_DTYPE_POLICY_FAST;
+        vf_plan *p = NULL, *q = NULL;
+        CHECK_OK(plan(&s, &p));
+        s.po.dtype_policy = VF_DTYPE_POLICY_F16;
+        vf_status st = plan(&s, &q);
+        if (p) {
+            vf_dtype u = p->comp[VF_COMPONENT_UNET].dtype;
+            CHECK(u == VF_DTYPE_F16 || u == VF_DTYPE_Q8);
+            CHECK(strncmp(p->dtype_reason, "fast: ", 6) == 0);
+            CHECK(p->peak_device <= s.po.budget);
+            q8 += u == VF_DTYPE_Q8;
+            f16 += u == VF_DTYPE_F16;
+            /* F16 everywhere (as the F16 policy plans it) unless Q8 is faster */
+            if (u == VF_DTYPE_F16 && q)
+                CHECK(p->time_per_step == q->time_per_step);
+            if (u == VF_DTYPE_Q8 && st == VF_OK)
+                CHECK_MSG(p->time_per_step < q->time_per_step, "%.1f GB: q8 %.4f s, f16 %.4f s", gb,
+                          p->time_per_step, q->time_per_step);
+        }
+        vf_plan_free(p);
+        vf_plan_free(q);
+    }
+    CHECK(q8 > 0 && f16 > 0);
+    /* resident everything: F16, even the VAE (FAST computes in F16) */
+    setup s;
+    setup_init(&s, 40.0, VF_OFFLOAD_AUTO, 1);
+    s.po.dtype_policy = VF_DTYPE_POLICY_FAST;
+    vf_plan *p = NULL;
+    CHECK_OK(plan(&s, &p));
+    for (int c = 0; p && c < VF_COMPONENT_COUNT; c++)
+        CHECK(p->comp[c].dtype == VF_DTYPE_F16);
+    vf_plan_free(p);
     drop_model();
 }
 
@@ -647,6 +824,7 @@ out:
 TEST_MAIN(TEST(test_sdxl_sizes), TEST(test_ladder_without_streaming), TEST(test_ladder_with_streaming),
           TEST(test_stream_beats_sequential), TEST(test_budget_sweep),
           TEST(test_sequential_peak_is_largest_stage), TEST(test_needs_at_least),
-          TEST(test_dtype_policy_moves_rungs), TEST(test_ram_short), TEST(test_cpu_only_and_bad_requests),
+          TEST(test_dtype_policy_moves_rungs), TEST(test_dtype_auto_thresholds), TEST(test_dtype_packed_bytes),
+          TEST(test_dtype_fast), TEST(test_ram_short), TEST(test_cpu_only_and_bad_requests),
           TEST(test_allocation_failures), TEST(test_ring_simulation), TEST(test_parse_size),
           TEST(test_names), TEST(test_json))

@@ -12,6 +12,7 @@
 #include "core/alloc.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/quant.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -325,13 +326,27 @@ static void cpu_mem_stats(void *impl, vf_be_mem_stats *s, int reset_peak)
     memset(s, 0, sizeof *s);
 }
 
+static vf_status cpu_pinned_alloc(void *impl, size_t bytes, void **p) { return cpu_alloc(impl, bytes, p); }
+
+/* src is a packed (OC, C*KH*KW) tensor (core/quant.h), dst (OC,C,KH,KW)
+ * float32: OIHW is the packed row order, so this is plain dequantizing. */
+static vf_status cpu_dequant(void *impl, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH,
+                             int KW)
+{
+    return keep(impl, vf_dequantize(fmt, src, OC, (int64_t)C * KH * KW, dst));
+}
+
+/* Host memory is the monitor's business on the CPU: buffers stay vf_malloc. */
+static void cpu_set_allocator(void *impl, const vf_be_allocator *a) { (void)impl, (void)a; }
+
 static const vf_backend_ops cpu_ops = {
     VF_BACKEND_ABI, sizeof(vf_backend_ops), cpu_destroy, cpu_last_error, cpu_mem_info, cpu_alloc,
     cpu_free, cpu_upload, cpu_download, cpu_upload_fm, cpu_download_fm, cpu_upload_conv_weight,
     cpu_h2d_async, cpu_copy, cpu_sync, cpu_event_create, cpu_event_destroy, cpu_record, cpu_wait,
     cpu_event_sync, cpu_elapsed_ms, cpu_linear, cpu_conv2d, cpu_groupnorm, cpu_layernorm, cpu_act,
     cpu_geglu, cpu_add, cpu_axpby, cpu_attention, cpu_upsample2x, cpu_concat, cpu_fm_to_tokens,
-    cpu_tokens_to_fm, cpu_timestep_embedding, cpu_mem_stats,
+    cpu_tokens_to_fm, cpu_timestep_embedding, cpu_mem_stats, cpu_alloc, cpu_free, cpu_pinned_alloc,
+    cpu_free, cpu_dequant, cpu_set_allocator,
 };
 
 vf_status vf_backend_cpu_open(const vf_backend_open_args *a, const vf_backend_ops **ops, void **impl,

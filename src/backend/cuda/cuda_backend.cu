@@ -81,7 +81,7 @@ static void cb_mem_info(void *impl, uint64_t *total, uint64_t *free_, uint64_t *
 static vf_status cb_alloc(void *impl, size_t bytes, void **p)
 {
     cuda_be *be = (cuda_be *)impl;
-    CU_TRY(be, cudaMallocFromPoolAsync(p, bytes, be->pool, be->compute), "cudaMallocFromPoolAsync");
+    VF_TRY(pool_get(be, bytes, p, "alloc"));
     be->alloc_bytes += bytes;
     return VF_OK;
 }
@@ -89,8 +89,15 @@ static vf_status cb_alloc(void *impl, size_t bytes, void **p)
 static void cb_free(void *impl, void *p)
 {
     /* Stream-ordered: work queued on p before this still sees it. */
+    pool_put((cuda_be *)impl, p);
+}
+
+static void cb_set_allocator(void *impl, const vf_be_allocator *a)
+{
     cuda_be *be = (cuda_be *)impl;
-    cudaFreeAsync(p, be->compute);
+    be->has_ext = a != NULL;
+    if (a)
+        be->ext = *a;
 }
 
 static void cb_mem_stats(void *impl, vf_be_mem_stats *s, int reset_peak)
@@ -180,6 +187,35 @@ static vf_status cb_elapsed_ms(void *impl, void *a, void *b, float *ms)
     return cu_check(be, cudaEventElapsedTime(ms, (cudaEvent_t)a, (cudaEvent_t)b), "cudaEventElapsedTime");
 }
 
+static vf_status cb_reserve(void *impl, size_t bytes, void **p)
+{
+    cuda_be *be = (cuda_be *)impl;
+    CU_TRY(be, cudaMalloc(p, bytes), "cudaMalloc");
+    return VF_OK;
+}
+
+static void cb_unreserve(void *impl, void *p)
+{
+    cuda_be *be = (cuda_be *)impl;
+    cudaStreamSynchronize(be->copy);
+    cudaStreamSynchronize(be->compute);
+    cudaFree(p);
+}
+
+static vf_status cb_pinned_alloc(void *impl, size_t bytes, void **p)
+{
+    cuda_be *be = (cuda_be *)impl;
+    CU_TRY(be, cudaHostAlloc(p, bytes, cudaHostAllocDefault), "cudaHostAlloc");
+    return VF_OK;
+}
+
+static void cb_pinned_free(void *impl, void *p)
+{
+    cuda_be *be = (cuda_be *)impl;
+    cudaStreamSynchronize(be->copy);
+    cudaFreeHost(p);
+}
+
 static const vf_backend_ops cuda_ops = {
     VF_BACKEND_ABI,  sizeof(vf_backend_ops), cb_destroy,   cb_last_error,    cb_mem_info,
     cb_alloc,        cb_free,                cb_upload,    cb_download,      cuda_upload_fm,
@@ -188,7 +224,8 @@ static const vf_backend_ops cuda_ops = {
     cb_elapsed_ms,   cuda_linear,            cuda_conv2d,  cuda_groupnorm,   cuda_layernorm,
     cuda_act,        cuda_geglu,             cuda_add,     cuda_axpby,       cuda_attention,
     cuda_upsample2x, cuda_concat,            cuda_fm_copy, cuda_fm_copy,     cuda_timestep_embedding,
-    cb_mem_stats,
+    cb_mem_stats,    cb_reserve,             cb_unreserve, cb_pinned_alloc,  cb_pinned_free,
+    cuda_dequant,    cb_set_allocator,
 };
 
 static vf_status open_device(cuda_be *be, const vf_backend_open_args *a, vf_backend_info *info)

@@ -52,6 +52,8 @@ typedef struct cuda_be {
     cuda_buf scratch2;
     uint64_t alloc_bytes;           /* vf_be_alloc bytes asked for so far      */
     cudaMemPool_t pool;             /* vf_be_alloc's stream-ordered pool       */
+    vf_be_allocator ext;            /* the memory manager's arena, when set     */
+    int has_ext;
     int attn_wgmma;                 /* the sm_90a flash kernel is usable      */
     int attn_mode;                  /* 0 best, 1 mma.sync only, 2 chunked     */
     int attn_variant;               /* wgmma flash variant ($VF_FLASH_VARIANT) */
@@ -118,13 +120,28 @@ static inline vf_status buf_reserve(cuda_be *be, cuda_buf *b, size_t bytes, cons
  * in the pool's peak where it is used and nowhere else. */
 static inline vf_status pool_get(cuda_be *be, size_t bytes, void **p, const char *what)
 {
+    if (be->has_ext) {
+        vf_status st = be->ext.alloc(be->ext.ctx, bytes ? bytes : 256, p);
+        return st == VF_OK ? VF_OK : be_fail(be, st, "%s: %zu bytes do not fit the arena", what, bytes);
+    }
     return cu_check(be, cudaMallocFromPoolAsync(p, bytes ? bytes : 256, be->pool, be->compute), what);
 }
 
 static inline void pool_put(cuda_be *be, void *p)
 {
-    if (p)
+    if (!p)
+        return;
+    if (be->has_ext)
+        be->ext.free(be->ext.ctx, p);
+    else
         cudaFreeAsync(p, be->compute);
+}
+
+/* The most one op may take as a kernel workspace. */
+static inline size_t ws_limit(const cuda_be *be, size_t dflt)
+{
+    return be->has_ext && be->ext.workspace_limit && be->ext.workspace_limit < dflt ? be->ext.workspace_limit
+                                                                                    : dflt;
 }
 
 static inline unsigned grid_for(size_t n, unsigned threads)
@@ -229,5 +246,7 @@ vf_status cuda_upload_fm(void *impl, void *dst, const float *src, int B, int C, 
 vf_status cuda_download_fm(void *impl, float *dst, const void *src, int B, int C, int H, int W);
 vf_status cuda_upload_conv_weight(void *impl, void *dst, const void *src, vf_dtype src_dtype, int OC, int C,
                                   int KH, int KW);
+/* cuda_quant.cu: a packed quantized weight -> compute dtype, filter layout. */
+vf_status cuda_dequant(void *impl, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH, int KW);
 
 #endif

@@ -195,7 +195,7 @@ static vf_status entry_build(cuda_be *be, conv_entry *e, const conv_key *k, cons
                 "cudnnGetConvolutionForwardAlgorithm_v7");
     }
     for (int i = 0; i < n; i++) {
-        if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CUDNN_WS_MAX)
+        if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > ws_limit(be, CUDNN_WS_MAX))
             continue;
         e->algo = perf[i].algo;
         e->ws = perf[i].memory;
