@@ -69,6 +69,8 @@ typedef struct vf_sd_layout {
  * cond_stage_model.transformer.*, else VF_ARCH_UNKNOWN. */
 vf_arch vf_keymap_detect_arch(const char *const *keys, size_t n);
 
+/* An empty layout: no blocks, every index -1. */
+void vf_sd_layout_reset(vf_sd_layout *lay);
 /* Works out the UNet / VAE block structure from all keys of a single file.
  * what names the file in errors. */
 vf_status vf_sd_layout_build(const char *what, const char *const *keys, size_t n, vf_sd_layout *lay);

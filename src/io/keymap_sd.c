@@ -277,12 +277,8 @@ static vf_status walk_output(const char *what, const scan *s, vf_sd_layout *lay)
     return VF_OK;
 }
 
-vf_status vf_sd_layout_build(const char *what, const char *const *keys, size_t n, vf_sd_layout *lay)
+void vf_sd_layout_reset(vf_sd_layout *lay)
 {
-    scan s;
-    memset(&s, 0, sizeof s);
-    memset(s.in_attn_sub, -1, sizeof s.in_attn_sub);
-    s.in_max = s.out_max = s.enc_max = s.dec_max = -1;
     memset(lay, 0, sizeof *lay);
     memset(lay->in_level, -1, sizeof lay->in_level);
     memset(lay->in_idx, -1, sizeof lay->in_idx);
@@ -290,6 +286,15 @@ vf_status vf_sd_layout_build(const char *what, const char *const *keys, size_t n
     memset(lay->out_idx, -1, sizeof lay->out_idx);
     memset(lay->out_attn_sub, -1, sizeof lay->out_attn_sub);
     memset(lay->out_up_sub, -1, sizeof lay->out_up_sub);
+}
+
+vf_status vf_sd_layout_build(const char *what, const char *const *keys, size_t n, vf_sd_layout *lay)
+{
+    scan s;
+    memset(&s, 0, sizeof s);
+    memset(s.in_attn_sub, -1, sizeof s.in_attn_sub);
+    s.in_max = s.out_max = s.enc_max = s.dec_max = -1;
+    vf_sd_layout_reset(lay);
     for (size_t i = 0; i < n; i++) {
         const char *rest;
         if ((rest = after(keys[i], "model.diffusion_model.")))

@@ -255,13 +255,7 @@ static int find_und(const ctable *t, const char *name)
  * (ldm's own numbering: each level's resnets, then its downsampler). */
 static void layout_from_config(const vf_unet_config *u, vf_sd_layout *lay)
 {
-    memset(lay, 0, sizeof *lay);
-    memset(lay->in_level, -1, sizeof lay->in_level);
-    memset(lay->in_idx, -1, sizeof lay->in_idx);
-    memset(lay->out_level, -1, sizeof lay->out_level);
-    memset(lay->out_idx, -1, sizeof lay->out_idx);
-    memset(lay->out_attn_sub, -1, sizeof lay->out_attn_sub);
-    memset(lay->out_up_sub, -1, sizeof lay->out_up_sub);
+    vf_sd_layout_reset(lay);
     lay->unet_levels = u->levels;
     lay->unet_layers = u->down_layers[0];
     int i = 1;

@@ -18,6 +18,7 @@
 #include "core/quant.h"
 #include "io/checkpoint.h"
 #include "io/json.h"
+#include "io/outdir.h"
 #include "io/safetensors.h"
 
 #include <dirent.h>
@@ -578,38 +579,11 @@ static vf_status copy_tree(qz *z, const char *src, const char *dst, const struct
     return st;
 }
 
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static int remove_tree(const char *path)
-{
-    return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* output without trailing slashes, plus suffix (a mkdtemp template). */
-static char *sibling(const char *path, const char *suffix)
-{
-    size_t n = strlen(path), k = strlen(suffix);
-    while (n > 1 && path[n - 1] == '/')
-        n--;
-    char *p = vf_malloc(n + k + 1);
-    if (!p)
-        return NULL;
-    memcpy(p, path, n);
-    memcpy(p + n, suffix, k + 1);
-    return p;
-}
-
-typedef enum target_state { TARGET_ABSENT, TARGET_EMPTY, TARGET_REPLACE } target_state;
-
 /* What OUTPUT is now, and whether it may be written (quantize.h). */
-static vf_status check_target(const char *input, const char *output, int folder, int force, target_state *state)
+static vf_status check_target(const char *input, const char *output, int folder, int force, vf_outdir_state *state)
 {
     struct stat in, out;
-    *state = TARGET_ABSENT;
+    *state = VF_OUTDIR_ABSENT;
     if (stat(output, &out) != 0) {
         if (errno != ENOENT)
             return vf_error(VF_ERR_IO, "%s: %s", output, strerror(errno));
@@ -622,80 +596,24 @@ static vf_status check_target(const char *input, const char *output, int folder,
             return vf_error(VF_ERR_INVALID_ARG, "%s: exists and is not a file", output);
         if (!force)
             return vf_error(VF_ERR_INVALID_ARG, "%s: exists (--force replaces it)", output);
-        *state = TARGET_REPLACE;
+        *state = VF_OUTDIR_REPLACE;
         return VF_OK;
     }
-    if (!S_ISDIR(out.st_mode))
-        return vf_error(VF_ERR_INVALID_ARG, "%s: exists and is not a folder", output);
-    DIR *d = opendir(output);
-    if (!d)
-        return vf_error(VF_ERR_IO, "%s: cannot read the folder: %s", output, strerror(errno));
-    int empty = 1;
-    for (struct dirent *e; empty && (e = readdir(d));)
-        empty = strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;
-    closedir(d);
-    *state = empty ? TARGET_EMPTY : TARGET_REPLACE;
-    if (empty)
-        return VF_OK;
-    if (!force)
-        return vf_error(VF_ERR_INVALID_ARG, "%s: exists and is not empty (--force replaces an earlier model)", output);
-    char *mi = vf_path_join(output, "model_index.json");
-    int is_model = mi && vf_is_file(mi);
-    vf_free(mi);
-    if (!is_model)
-        return vf_error(VF_ERR_INVALID_ARG,
-                        "%s: not a model folder (no model_index.json); refusing to replace it even with --force",
-                        output);
-    return VF_OK;
+    return vf_outdir_check(output, force, state);
 }
 
-/* Moves the finished folder tmp to output, replacing what check_target found. */
-static vf_status install(const char *tmp, const char *output, target_state state)
+static vf_status write_folder(qz *z, const char *input, const char *output, vf_outdir_state state)
 {
-    if (state == TARGET_EMPTY && rmdir(output) != 0)
-        return vf_error(VF_ERR_IO, "%s: cannot replace the empty folder: %s", output, strerror(errno));
-    if (state != TARGET_REPLACE) {
-        if (rename(tmp, output) != 0)
-            return vf_error(VF_ERR_IO, "%s: cannot rename %s into place: %s", output, tmp, strerror(errno));
-        return VF_OK;
-    }
-    char *old = sibling(output, ".old-XXXXXX");
-    if (!old)
-        return vf_error_prefix(VF_ERR_NO_MEMORY, "%s", output);
-    vf_status st = VF_OK;
-    if (!mkdtemp(old) || rename(output, old) != 0) {
-        st = vf_error(VF_ERR_IO, "%s: cannot move the old model aside: %s", output, strerror(errno));
-        rmdir(old);
-    } else if (rename(tmp, output) != 0) {
-        st = vf_error(VF_ERR_IO, "%s: cannot rename %s into place: %s", output, tmp, strerror(errno));
-        rename(old, output);
-    } else if (remove_tree(old) != 0) {
-        st = vf_error(VF_ERR_IO, "%s: written, but the old model moved to %s could not be removed: %s", output,
-                      old, strerror(errno));
-    }
-    vf_free(old);
-    return st;
-}
-
-static vf_status write_folder(qz *z, const char *input, const char *output, target_state state)
-{
-    char *tmp = sibling(output, ".tmp-XXXXXX");
-    if (!tmp)
-        return vf_error_prefix(VF_ERR_NO_MEMORY, "%s", output);
-    if (!mkdtemp(tmp)) {
-        vf_status st = vf_error(VF_ERR_IO, "%s: cannot create a folder beside it: %s", output, strerror(errno));
-        vf_free(tmp);
-        return st;
-    }
-    chmod(tmp, 0755); /* mkdtemp makes it private; a model folder is not */
+    char *tmp;
+    VF_TRY(vf_outdir_temp(output, &tmp));
     struct stat skip;
     vf_status st = stat(tmp, &skip) == 0 ? VF_OK : vf_error(VF_ERR_IO, "%s: %s", tmp, strerror(errno));
     if (st == VF_OK)
         st = copy_tree(z, input, tmp, &skip, 0);
     if (st == VF_OK)
-        st = install(tmp, output, state);
+        st = vf_outdir_install(tmp, output, state);
     if (st != VF_OK)
-        remove_tree(tmp);
+        vf_remove_tree(tmp);
     vf_free(tmp);
     return st;
 }
@@ -732,7 +650,7 @@ vf_status vf_quantize_checkpoint(const char *input, const char *output, const vf
     z.mask = o->components ? o->components : (1u << VF_COMPONENT_COUNT) - 1;
     VF_TRY(vf_checkpoint_open(input, o->config_dir, &z.ck));
     int folder = !vf_checkpoint_is_single_file(z.ck);
-    target_state state;
+    vf_outdir_state state;
     vf_status st = check_target(input, output, folder, o->force, &state);
     if (st == VF_OK)
         st = build_info(&z);

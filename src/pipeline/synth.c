@@ -18,11 +18,10 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "io/json.h"
+#include "io/outdir.h"
 #include "io/safetensors.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -393,99 +392,6 @@ static vf_status write_all(const vf_synth_options *o, const char *root)
     return st;
 }
 
-static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-/* Removes a folder we made (or are replacing) with everything in it. */
-static int remove_tree(const char *path)
-{
-    return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-typedef enum target_state { TARGET_ABSENT, TARGET_EMPTY, TARGET_MODEL } target_state;
-
-static vf_status check_target(const char *outdir, int force, target_state *state)
-{
-    struct stat sb;
-    if (stat(outdir, &sb) != 0) {
-        if (errno != ENOENT)
-            return vf_error(VF_ERR_IO, "%s: %s", outdir, strerror(errno));
-        *state = TARGET_ABSENT;
-        return VF_OK;
-    }
-    if (!S_ISDIR(sb.st_mode))
-        return vf_error(VF_ERR_INVALID_ARG, "%s: exists and is not a folder", outdir);
-    DIR *d = opendir(outdir);
-    if (!d)
-        return vf_error(VF_ERR_IO, "%s: cannot read the folder: %s", outdir, strerror(errno));
-    int empty = 1;
-    for (struct dirent *e; empty && (e = readdir(d));)
-        empty = strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;
-    closedir(d);
-    *state = empty ? TARGET_EMPTY : TARGET_MODEL;
-    if (empty)
-        return VF_OK;
-    if (!force)
-        return vf_error(VF_ERR_INVALID_ARG, "%s: exists and is not empty (--force replaces an earlier model)",
-                        outdir);
-    char *mi = vf_path_join(outdir, "model_index.json");
-    int is_model = mi && vf_is_file(mi);
-    vf_free(mi);
-    if (!is_model)
-        return vf_error(VF_ERR_INVALID_ARG,
-                        "%s: not a model folder (no model_index.json); refusing to replace it even with --force",
-                        outdir);
-    return VF_OK;
-}
-
-/* outdir without trailing slashes, plus suffix (a mkdtemp template). */
-static char *sibling(const char *outdir, const char *suffix)
-{
-    size_t n = strlen(outdir);
-    while (n > 1 && outdir[n - 1] == '/')
-        n--;
-    size_t k = strlen(suffix);
-    char *p = vf_malloc(n + k + 1);
-    if (!p)
-        return NULL;
-    memcpy(p, outdir, n);
-    memcpy(p + n, suffix, k + 1);
-    return p;
-}
-
-/* Moves the finished folder tmp to outdir, replacing what check_target found. */
-static vf_status install(const char *tmp, const char *outdir, target_state state)
-{
-    if (state == TARGET_EMPTY && rmdir(outdir) != 0)
-        return vf_error(VF_ERR_IO, "%s: cannot replace the empty folder: %s", outdir, strerror(errno));
-    if (state != TARGET_MODEL) {
-        if (rename(tmp, outdir) != 0)
-            return vf_error(VF_ERR_IO, "%s: cannot rename %s into place: %s", outdir, tmp, strerror(errno));
-        return VF_OK;
-    }
-    char *old = sibling(outdir, ".old-XXXXXX");
-    if (!old)
-        return vf_error_prefix(VF_ERR_NO_MEMORY, "%s", outdir);
-    vf_status st = VF_OK;
-    if (!mkdtemp(old) || rename(outdir, old) != 0) {
-        st = vf_error(VF_ERR_IO, "%s: cannot move the old model aside: %s", outdir, strerror(errno));
-        rmdir(old);
-    } else if (rename(tmp, outdir) != 0) {
-        st = vf_error(VF_ERR_IO, "%s: cannot rename %s into place: %s", outdir, tmp, strerror(errno));
-        rename(old, outdir);
-    } else if (remove_tree(old) != 0) {
-        st = vf_error(VF_ERR_IO, "%s: written, but the old model moved to %s could not be removed: %s",
-                      outdir, old, strerror(errno));
-    }
-    vf_free(old);
-    return st;
-}
-
 static vf_status check_options(const vf_synth_options *o, const char *outdir)
 {
     if (!o)
@@ -505,22 +411,15 @@ static vf_status check_options(const vf_synth_options *o, const char *outdir)
 vf_status vf_synth(const vf_synth_options *o, const char *outdir)
 {
     VF_TRY(check_options(o, outdir));
-    target_state state;
-    VF_TRY(check_target(outdir, o->force, &state));
-    char *tmp = sibling(outdir, ".tmp-XXXXXX");
-    if (!tmp)
-        return vf_error_prefix(VF_ERR_NO_MEMORY, "%s", outdir);
-    if (!mkdtemp(tmp)) {
-        vf_status st = vf_error(VF_ERR_IO, "%s: cannot create a folder beside it: %s", outdir, strerror(errno));
-        vf_free(tmp);
-        return st;
-    }
-    chmod(tmp, 0755); /* mkdtemp makes it private; a model folder is not */
+    vf_outdir_state state;
+    char *tmp;
+    VF_TRY(vf_outdir_check(outdir, o->force, &state));
+    VF_TRY(vf_outdir_temp(outdir, &tmp));
     vf_status st = write_all(o, tmp);
     if (st == VF_OK)
-        st = install(tmp, outdir, state);
+        st = vf_outdir_install(tmp, outdir, state);
     if (st != VF_OK)
-        remove_tree(tmp);
+        vf_remove_tree(tmp);
     vf_free(tmp);
     return st;
 }
