@@ -602,8 +602,12 @@ void vf_keymap_diffusers(vf_component c, const char *key, vf_keymap_result *r)
     map_one(r, c, VF_VIEW_PLAIN, "%s%s", key, "");
     if (r->kind != VF_KEYMAP_MAPPED)
         return;
-    if ((c == VF_COMPONENT_TEXT_ENCODER || c == VF_COMPONENT_TEXT_ENCODER_2) &&
-        strcmp(key, "text_model.embeddings.position_ids") == 0) {
+    int text = c == VF_COMPONENT_TEXT_ENCODER || c == VF_COMPONENT_TEXT_ENCODER_2;
+    /* transformers 5 saves CLIPTextModel(WithProjection) without the
+     * text_model. prefix; the canonical names keep it */
+    if (text && (after(key, "embeddings.") || after(key, "encoder.") || after(key, "final_layer_norm.")))
+        set_name(r, 0, "text_model.%s", key);
+    if (text && strcmp(r->name[0], "text_model.embeddings.position_ids") == 0) {
         r->kind = VF_KEYMAP_IGNORED;
         return;
     }

@@ -624,6 +624,41 @@ static void test_fp16_variant(void)
     tmp_close(&t);
 }
 
+
+/* transformers 5 writes CLIPTextModel weights without the "text_model."
+ * prefix: such a text encoder reads as the same canonical tensors. */
+static int strip_text_model(int index, char *name, size_t cap, vf_st_write_tensor *w, void *ctx)
+{
+    (void)index, (void)cap, (void)w, (void)ctx;
+    if (strncmp(name, "text_model.", 11) == 0)
+        memmove(name, name + 11, strlen(name + 11) + 1);
+    return 1;
+}
+
+static void test_unprefixed_text_encoder(void)
+{
+    SKIP_WITHOUT_SHARED(shared);
+    tmpd t;
+    if (!tmp_open(&t))
+        return;
+    make_folder(&t, shared, "tiny-sdxl", NULL, "text_encoder_2");
+    mkdir_in(&t, "text_encoder_2");
+    link_in(&t, "text_encoder_2/config.json",
+            fixture(0, shared, "tiny-sdxl/diffusers/text_encoder_2/config.json"));
+    CHECK_OK(copy_st(fixture(3, shared, "tiny-sdxl/diffusers/text_encoder_2/model.safetensors"),
+                     tmp_path(&t, "text_encoder_2/model.safetensors"), strip_text_model, NULL, NULL, 0));
+    vf_checkpoint *a = NULL, *b = NULL;
+    CHECK_OK(vf_checkpoint_open(fixture(1, shared, "tiny-sdxl/diffusers"), NULL, &a));
+    CHECK_OK(vf_checkpoint_open(t.dir, NULL, &b));
+    if (a && b)
+        check_same(a, b, "text encoder without the text_model. prefix");
+    CHECK(b && vf_checkpoint_find(b, VF_COMPONENT_TEXT_ENCODER_2, "text_model.final_layer_norm.weight") &&
+          vf_checkpoint_find(b, VF_COMPONENT_TEXT_ENCODER_2, "text_projection.weight"));
+    vf_checkpoint_close(a);
+    vf_checkpoint_close(b);
+    tmp_close(&t);
+}
+
 typedef struct {
     int half; /* keep tensors with index % 2 == half; -1 keeps all */
     const char *extra_name; /* also keep this one */
@@ -948,6 +983,7 @@ int main(void)
         TEST(test_keymap_unet_sd15), TEST(test_keymap_unet_layouts), TEST(test_keymap_vae_clip),
         TEST(test_single_errors), TEST(test_tiny_sd15), TEST(test_tiny_sdxl),
         TEST(test_inferred_configs), TEST(test_config_dir_mismatch), TEST(test_fp16_variant),
+        TEST(test_unprefixed_text_encoder),
         TEST(test_sharded), TEST(test_old_vae_names), TEST(test_ignored), TEST(test_folder_errors),
         TEST(test_alloc_failures),
     };
