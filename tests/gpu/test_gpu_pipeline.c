@@ -5,9 +5,10 @@
  *    (Euler), from the diffusers folder and from the single file, generated
  *    with the CUDA backend and dumped, against the float32 reference tensors:
  *    prompt embeddings, first UNet output, latents after every step, VAE
- *    output, image. fp16 must stay within max relative error 1e-2; bf16 is
- *    measured and held to a loose 1e-1 that only catches real breakage (one
- *    bf16 rounding near the maximum is already 4e-3, and steps compound it).
+ *    output, image. fp16 must stay within max relative error 1e-2; bf16
+ *    within 3e-2 (measured on an H100, 2026-11-27: at most 1.73e-2, on the
+ *    image; one bf16 rounding near the maximum is already 4e-3 and steps
+ *    compound it, so the issue's 3e-3 is out of any bf16 pipeline's reach).
  * 2. With VF_GPU_SYNTH_SDXL pointing at `vramfit synth --arch sdxl --preset
  *    full --dtype f16` output: the same stages at 256x256, one guided step,
  *    on the CUDA backend (fp16) against the CPU backend (float32), 1e-2.
@@ -203,10 +204,10 @@ static void test_sd15_diffusers_f16(void) { reference_run("tiny-sd15", 0, "cuda:
 static void test_sd15_single_f16(void) { reference_run("tiny-sd15", 1, "cuda:f16", 1e-2); }
 static void test_sdxl_diffusers_f16(void) { reference_run("tiny-sdxl", 0, "cuda:f16", 1e-2); }
 static void test_sdxl_single_f16(void) { reference_run("tiny-sdxl", 1, "cuda:f16", 1e-2); }
-static void test_sd15_diffusers_bf16(void) { reference_run("tiny-sd15", 0, "cuda:bf16", 1e-1); }
-static void test_sd15_single_bf16(void) { reference_run("tiny-sd15", 1, "cuda:bf16", 1e-1); }
-static void test_sdxl_diffusers_bf16(void) { reference_run("tiny-sdxl", 0, "cuda:bf16", 1e-1); }
-static void test_sdxl_single_bf16(void) { reference_run("tiny-sdxl", 1, "cuda:bf16", 1e-1); }
+static void test_sd15_diffusers_bf16(void) { reference_run("tiny-sd15", 0, "cuda:bf16", 3e-2); }
+static void test_sd15_single_bf16(void) { reference_run("tiny-sd15", 1, "cuda:bf16", 3e-2); }
+static void test_sdxl_diffusers_bf16(void) { reference_run("tiny-sdxl", 0, "cuda:bf16", 3e-2); }
+static void test_sdxl_single_bf16(void) { reference_run("tiny-sdxl", 1, "cuda:bf16", 3e-2); }
 
 /* SDXL-shaped synthesized weights: CUDA fp16 against the CPU path. */
 static void test_sdxl_synth_vs_cpu(void)
