@@ -23,6 +23,7 @@
  * time breakdown of one UNet forward and one decode.
  */
 #include "cli.h"
+#include "cli/progress.h"
 
 #include "backend/backend.h"
 #include "core/alloc.h"
@@ -32,7 +33,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define MAX_STEPS 1000
 #define PROF_ROWS 32
@@ -180,13 +180,6 @@ static int parse_args(int argc, char **argv, bench_args *a)
         return VF_EXIT_USAGE;
     }
     return 0;
-}
-
-static double host_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static int cmp_d(const void *x, const void *y)
@@ -492,7 +485,7 @@ static vf_status bench_run(bench *b)
     vf_mm_request rq;
     vf_mm_request_make(&rq, b->width, b->height, a->steps, a->cfg);
     VF_TRY(vf_mm_prepare(b->m, &rq));
-    double t = host_s();
+    double t = vf_progress_now();
     if (a->vae_only) {
         vf_residency *r;
         VF_TRY(vf_model_residency(b->m, VF_COMPONENT_VAE, &r));
@@ -501,7 +494,7 @@ static vf_status bench_run(bench *b)
         VF_TRY(vf_model_load(b->m));
     }
     VF_TRY(vf_be_sync(b->be));
-    b->load_s = host_s() - t;
+    b->load_s = vf_progress_now() - t;
     vf_be_link_bytes(b->be, &h1, NULL);
     b->load_bytes = h1 - h0;
     b->weights = weight_bytes(b, -1);

@@ -6,12 +6,12 @@
  * prints what was written.
  */
 #include "cli/cli.h"
+#include "cli/progress.h"
 #include "core/dtype.h"
 #include "pipeline/quantize.h"
 
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 static void quantize_usage(FILE *f)
@@ -98,32 +98,6 @@ static int to_options(const quantize_args *a, vf_quantize_options *o)
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-typedef struct bar {
-    double last;
-} bar;
-
-/* One line per weight file, redrawn at most 10 times a second. */
-static void on_progress(void *user, const char *file, uint64_t done, uint64_t total)
-{
-    bar *b = user;
-    double t = now_s();
-    if (done < total && t - b->last < 0.1)
-        return;
-    b->last = t;
-    const char *name = strrchr(file, '/');
-    fprintf(stderr, "\r  %-44s %4.0f%% of %.1f MB", name ? name + 1 : file,
-            total ? 100.0 * (double)done / (double)total : 100.0, (double)total / 1e6);
-    if (done >= total)
-        fputc('\n', stderr);
-}
-
 int vf_cmd_quantize(int argc, char **argv)
 {
     quantize_args a;
@@ -135,18 +109,18 @@ int vf_cmd_quantize(int argc, char **argv)
     vf_quantize_options o;
     if ((rc = to_options(&a, &o)) != 0)
         return rc;
-    bar b = {0};
+    vf_file_progress b = {0, 1, 44};
     if (isatty(STDERR_FILENO)) {
-        o.progress = on_progress;
+        o.progress = vf_file_progress_update;
         o.user = &b;
     }
     vf_quantize_stats s;
-    double t0 = now_s();
+    double t0 = vf_progress_now();
     vf_status st = vf_quantize_checkpoint(a.input, a.output, &o, &s);
     if (st != VF_OK)
         return vf_cli_fail(st);
     printf("%s: %s from %s in %.1f s\n", a.output, vf_dtype_name(o.dtype), vf_dtype_name(s.source_dtype),
-           now_s() - t0);
+           vf_progress_now() - t0);
     printf("  %llu tensors in %llu weight file(s): %llu packed, %llu converted, the rest as stored\n",
            (unsigned long long)s.tensors, (unsigned long long)s.files, (unsigned long long)s.packed,
            (unsigned long long)s.converted);

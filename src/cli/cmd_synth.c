@@ -6,6 +6,7 @@
  * arguments, shows progress on a terminal and prints a summary.
  */
 #include "cli/cli.h"
+#include "cli/progress.h"
 #include "core/dtype.h"
 #include "pipeline/synth.h"
 
@@ -13,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 static void synth_usage(FILE *f)
@@ -115,31 +115,6 @@ static int to_options(const synth_args *a, vf_synth_options *o)
     return 0;
 }
 
-typedef struct bar {
-    double last;
-} bar;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* A one-line progress report per file, redrawn at most 10 times a second. */
-static void on_progress(void *user, const char *file, uint64_t done, uint64_t total)
-{
-    bar *b = user;
-    double t = now_s();
-    if (done < total && t - b->last < 0.1)
-        return;
-    b->last = t;
-    fprintf(stderr, "\r  %-40s %4.0f%% of %.1f MB", file, total ? 100.0 * (double)done / (double)total : 100.0,
-            (double)total / 1e6);
-    if (done >= total)
-        fputc('\n', stderr);
-}
-
 static void print_summary(const vf_synth_options *o, const char *outdir, double secs)
 {
     uint64_t params[VF_COMPONENT_COUNT];
@@ -164,15 +139,15 @@ int vf_cmd_synth(int argc, char **argv)
     vf_synth_options o;
     if ((rc = to_options(&a, &o)) != 0)
         return rc;
-    bar b = {0};
+    vf_file_progress b = {0, 0, 40};
     if (isatty(STDERR_FILENO)) {
-        o.progress = on_progress;
+        o.progress = vf_file_progress_update;
         o.user = &b;
     }
-    double t0 = now_s();
+    double t0 = vf_progress_now();
     vf_status st = vf_synth(&o, a.output);
     if (st != VF_OK)
         return vf_cli_fail(st);
-    print_summary(&o, a.output, now_s() - t0);
+    print_summary(&o, a.output, vf_progress_now() - t0);
     return VF_EXIT_OK;
 }

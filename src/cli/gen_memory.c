@@ -120,10 +120,8 @@ static void print_plan(FILE *f, vf_model *m, const char *model_path)
             (unsigned long long)p->res.context_bytes);
     if (m->mm.link_bandwidth)
         fprintf(f, " --bandwidth %llu", (unsigned long long)m->mm.link_bandwidth);
-    vf_dtype_policy pol = m->mm.opt.dtype_policy; /* as pipeline/memory.c plans */
-    if (pol != VF_DTYPE_POLICY_F8 && pol != VF_DTYPE_POLICY_Q8 && pol != VF_DTYPE_POLICY_Q4)
-        pol = m->mm.cuda ? VF_DTYPE_POLICY_F16 : VF_DTYPE_POLICY_F32;
-    fprintf(f, " --dtype %s --offload %s --width %d --height %d --steps %d --cfg %s\n", vf_dtype_policy_name(pol),
+    fprintf(f, " --dtype %s --offload %s --width %d --height %d --steps %d --cfg %s\n",
+            vf_dtype_policy_name(vf_mm_plan_dtype_policy(&m->mm)),
             vf_offload_strategy_name(p->policy.strategy), p->request.width, p->request.height,
             p->request.steps, p->request.cfg ? "2" : "1");
 }

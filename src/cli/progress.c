@@ -17,6 +17,20 @@ double vf_progress_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+void vf_file_progress_update(void *user, const char *file, uint64_t done, uint64_t total)
+{
+    vf_file_progress *b = user;
+    double t = vf_progress_now();
+    if (done < total && t - b->last < 0.1)
+        return;
+    b->last = t;
+    const char *slash = b->basename ? strrchr(file, '/') : NULL;
+    fprintf(stderr, "\r  %-*s %4.0f%% of %.1f MB", b->width, slash ? slash + 1 : file,
+            total ? 100.0 * (double)done / (double)total : 100.0, (double)total / 1e6);
+    if (done >= total)
+        fputc('\n', stderr);
+}
+
 void vf_progress_init(vf_progress *p, FILE *f, int tty, int quiet)
 {
     memset(p, 0, sizeof *p);

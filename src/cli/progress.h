@@ -12,6 +12,7 @@
 
 #include "vramfit.h"
 
+#include <stdint.h>
 #include <stdio.h>
 
 typedef struct vf_progress {
@@ -33,5 +34,17 @@ void vf_progress_update(vf_progress *p, vf_generation_step stage, int step, int 
 void vf_progress_end(vf_progress *p);
 /* Monotonic seconds. */
 double vf_progress_now(void);
+
+/* Commands that write weight files (synth, quantize): one line per file on
+ * stderr, "name  NN% of X MB", redrawn in place at most 10 times a second.
+ * vf_file_progress_update has the library's (user, file, done, total)
+ * progress-callback signature, with user a vf_file_progress. */
+typedef struct vf_file_progress {
+    double last;                  /* last redraw                               */
+    int basename;                 /* show the file's last path component only  */
+    int width;                    /* of the name column                        */
+} vf_file_progress;
+
+void vf_file_progress_update(void *user, const char *file, uint64_t done, uint64_t total);
 
 #endif

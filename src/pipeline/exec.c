@@ -19,7 +19,6 @@
 #include "pipeline/model.h"
 
 #include <string.h>
-#include <strings.h>
 
 static vf_status parse_backend(const char *spec, vf_backend_options *o)
 {
@@ -39,18 +38,12 @@ static vf_status parse_backend(const char *spec, vf_backend_options *o)
     return vf_error(VF_ERR_INVALID_ARG, "backend '%s': compute dtype must be f16 or bf16", spec);
 }
 
-static int wants_cuda_device(const vf_model_options *o)
-{
-    const char *d = o && o->pipeline ? o->pipeline->device : NULL;
-    return d && strncasecmp(d, "cuda", 4) == 0 && (d[4] == '\0' || d[4] == ':');
-}
-
 vf_status vf_model_backend_open(vf_model *m, const vf_model_options *o)
 {
     vf_backend_options bo;
     const char *spec = o ? o->backend : NULL;
     /* "cuda:bf16" as a device names the backend's dtype too */
-    if ((!spec || !spec[0]) && wants_cuda_device(o))
+    if ((!spec || !spec[0]) && o && o->pipeline && vf_mm_is_cuda_spec(o->pipeline->device))
         spec = o->pipeline->device;
     VF_TRY(parse_backend(spec, &bo));
     vf_status st = vf_backend_create(&bo, &m->be);

@@ -226,7 +226,7 @@ static vf_status open_device(vf_model *m, const char *spec)
                             "computes in host memory", vf_offload_strategy_name(mm->opt.offload));
         return VF_OK;
     }
-    if (word_is(spec, "cuda", &rest) && (!*rest || *rest == ':'))
+    if (vf_mm_is_cuda_spec(spec))
         return open_cuda(m, spec);
     if (!word_is(spec, "sim", &rest))
         return vf_error(VF_ERR_INVALID_ARG, "device '%s': expected cpu, sim[:BANDWIDTH][,context=SIZE]"
@@ -261,9 +261,16 @@ static vf_dtype component_quant(const vf_mm *mm, vf_component c)
     return c == VF_COMPONENT_VAE ? VF_DTYPE_F32 : policy_quant(mm->opt.dtype_policy);
 }
 
-static int is_cuda_spec(const char *d)
+int vf_mm_is_cuda_spec(const char *d)
 {
     return d && strncasecmp(d, "cuda", 4) == 0 && (d[4] == '\0' || d[4] == ':');
+}
+
+vf_dtype_policy vf_mm_plan_dtype_policy(const vf_mm *mm)
+{
+    if (policy_quant(mm->opt.dtype_policy) != VF_DTYPE_F32)
+        return mm->opt.dtype_policy;
+    return mm->cuda ? VF_DTYPE_POLICY_F16 : VF_DTYPE_POLICY_F32;
 }
 
 static vf_status check_options(const vf_pipeline_options *o)
@@ -274,7 +281,7 @@ static vf_status check_options(const vf_pipeline_options *o)
                         "%d is out of range", (int)o->offload, (int)o->loading, (int)o->dtype_policy);
     if (policy_quant(o->dtype_policy) != VF_DTYPE_F32)
         return VF_OK; /* every device: packed storage, expanded for compute */
-    if (is_cuda_spec(o->device) && (o->dtype_policy == VF_DTYPE_POLICY_F16 ||
+    if (vf_mm_is_cuda_spec(o->device) && (o->dtype_policy == VF_DTYPE_POLICY_F16 ||
                                      o->dtype_policy == VF_DTYPE_POLICY_BF16))
         return VF_OK;
     switch (o->dtype_policy) {
@@ -301,7 +308,7 @@ vf_status vf_mm_open(vf_model *m, const vf_pipeline_options *o)
     int be_cuda = m->be && vf_be_info(m->be)->kind == VF_BACKEND_CUDA;
     if (be_cuda && (!o->device || !o->device[0]))
         mm->opt.device = "cuda";
-    if (be_cuda && !is_cuda_spec(mm->opt.device))
+    if (be_cuda && !vf_mm_is_cuda_spec(mm->opt.device))
         return vf_error(VF_ERR_INVALID_ARG, "device '%s': the cuda backend computes on the GPU (device cuda)",
                         mm->opt.device);
     VF_TRY(check_options(&mm->opt));
@@ -451,8 +458,7 @@ static vf_status plan_device(const vf_model *m, const vf_mm_request *rq, uint64_
     vf_plan_options_init(&o);
     o.vram_budget = budget;
     o.offload = mm->opt.offload;
-    o.dtype_policy = policy_quant(mm->opt.dtype_policy) != VF_DTYPE_F32 ? mm->opt.dtype_policy
-                     : mm->cuda ? VF_DTYPE_POLICY_F16 : VF_DTYPE_POLICY_F32;
+    o.dtype_policy = vf_mm_plan_dtype_policy(mm);
     o.width = rq->width;
     o.height = rq->height;
     o.steps = rq->steps;

@@ -120,6 +120,11 @@ void vf_mm_request_make(vf_mm_request *rq, int width, int height, int steps, flo
 void vf_mm_set_trace(vf_model *m, vf_component c, vf_residency_trace *tr, int cap);
 /* The device (NULL for the CPU), for test hooks. */
 vf_device *vf_mm_device(vf_model *m);
+/* 1 when a device spec names the GPU ("cuda", "cuda:bf16", any case). */
+int vf_mm_is_cuda_spec(const char *spec);
+/* The dtype policy plans are made with: a quantized policy as given, else
+ * the device's compute dtype (F16 on CUDA, F32 on cpu and sim). */
+vf_dtype_policy vf_mm_plan_dtype_policy(const vf_mm *mm);
 /* Tokenizer 0 (tokenizer/) or 1 (tokenizer_2/), loaded on first use. */
 vf_status vf_model_tokenizer(vf_model *m, int which, vf_tokenizer **out);
 
