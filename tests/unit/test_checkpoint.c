@@ -15,53 +15,13 @@
 #include "io/keymap.h"
 #include "io/safetensors.h"
 #include "test.h"
+#include "test_tmp.h"
 
-#include <ftw.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- helpers ------------------------------------------------------------------ */
-
-typedef struct {
-    char dir[64];
-    char path[512];
-} tmpd;
-
-static int tmp_open(tmpd *t)
-{
-    snprintf(t->dir, sizeof t->dir, "/tmp/vf_ck_XXXXXX");
-    if (!mkdtemp(t->dir)) {
-        perror("mkdtemp");
-        CHECK(0);
-        return 0;
-    }
-    return 1;
-}
-
-static const char *tmp_path(tmpd *t, const char *name)
-{
-    snprintf(t->path, sizeof t->path, "%s/%s", t->dir, name);
-    return t->path;
-}
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
-static void tmp_close(tmpd *t) { nftw(t->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS); }
-
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    CHECK(f != NULL);
-    if (!f)
-        return;
-    fputs(text, f);
-    fclose(f);
-}
 
 static void mkdir_in(tmpd *t, const char *name) { CHECK(mkdir(tmp_path(t, name), 0755) == 0); }
 
@@ -542,7 +502,7 @@ static void test_config_dir_mismatch(void)
 {
     SKIP_WITHOUT_SHARED(shared);
     tmpd t;
-    if (!tmp_open(&t))
+    if (!tmp_open(&t, "ck"))
         return;
     mkdir_in(&t, "unet");
     mkdir_in(&t, "vae");
@@ -604,7 +564,7 @@ static void test_fp16_variant(void)
 {
     SKIP_WITHOUT_SHARED(shared);
     tmpd t;
-    if (!tmp_open(&t))
+    if (!tmp_open(&t, "ck"))
         return;
     make_folder(&t, shared, "tiny-sdxl", NULL, "text_encoder_2");
     mkdir_in(&t, "text_encoder_2");
@@ -624,7 +584,6 @@ static void test_fp16_variant(void)
     tmp_close(&t);
 }
 
-
 /* transformers 5 writes CLIPTextModel weights without the "text_model."
  * prefix: such a text encoder reads as the same canonical tensors. */
 static int strip_text_model(int index, char *name, size_t cap, vf_st_write_tensor *w, void *ctx)
@@ -639,7 +598,7 @@ static void test_unprefixed_text_encoder(void)
 {
     SKIP_WITHOUT_SHARED(shared);
     tmpd t;
-    if (!tmp_open(&t))
+    if (!tmp_open(&t, "ck"))
         return;
     make_folder(&t, shared, "tiny-sdxl", NULL, "text_encoder_2");
     mkdir_in(&t, "text_encoder_2");
@@ -703,7 +662,7 @@ static void test_sharded(void)
 {
     SKIP_WITHOUT_SHARED(shared);
     tmpd t;
-    if (!tmp_open(&t))
+    if (!tmp_open(&t, "ck"))
         return;
     const char *src = fixture(3, shared, "tiny-sd15/diffusers/text_encoder/model.safetensors");
     make_folder(&t, shared, "tiny-sd15", NULL, "text_encoder");
@@ -783,7 +742,7 @@ static void test_old_vae_names(void)
 {
     SKIP_WITHOUT_SHARED(shared);
     tmpd t;
-    if (!tmp_open(&t))
+    if (!tmp_open(&t, "ck"))
         return;
     make_folder(&t, shared, "tiny-sd15", NULL, "vae");
     mkdir_in(&t, "vae");
@@ -807,7 +766,7 @@ static void test_ignored(void)
 {
     SKIP_WITHOUT_SHARED(shared);
     tmpd t;
-    if (!tmp_open(&t))
+    if (!tmp_open(&t, "ck"))
         return;
     static const float sched[4] = {0.9f, 0.8f, 0.7f, 0.6f};
     static const int64_t ids[77] = {0};
@@ -853,7 +812,7 @@ static void test_folder_errors(void)
 {
     SKIP_WITHOUT_SHARED(shared);
     tmpd t;
-    if (!tmp_open(&t))
+    if (!tmp_open(&t, "ck"))
         return;
     /* no model_index.json */
     expect_error(t.dir, NULL, VF_ERR_NOT_FOUND, t.dir, "model_index.json");
@@ -865,7 +824,7 @@ static void test_folder_errors(void)
     tmp_close(&t);
 
     /* a listed component whose folder is missing */
-    if (!tmp_open(&t))
+    if (!tmp_open(&t, "ck"))
         return;
     make_folder(&t, shared, "tiny-sdxl", NULL, "text_encoder_2");
     expect_error(t.dir, NULL, VF_ERR_NOT_FOUND, "text_encoder_2", NULL);
@@ -883,7 +842,7 @@ static void test_folder_errors(void)
     tmp_close(&t);
 
     /* components listed as [null, null] are absent; force_zeros follows model_index */
-    if (!tmp_open(&t))
+    if (!tmp_open(&t, "ck"))
         return;
     make_folder(&t, shared, "tiny-sd15",
                 "{\"_class_name\": \"StableDiffusionPipeline\", \"unet\": [\"diffusers\", "
@@ -905,7 +864,7 @@ static void test_folder_errors(void)
 static void test_single_errors(void)
 {
     tmpd t;
-    if (!tmp_open(&t))
+    if (!tmp_open(&t, "ck"))
         return;
     static const float v[4] = {1, 2, 3, 4};
     const vf_st_write_tensor unknown[] = {

@@ -14,8 +14,8 @@
 #include "io/safetensors.h"
 #include "mem/pool.h"
 #include "test.h"
+#include "test_tmp.h"
 
-#include <ftw.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
@@ -568,46 +568,6 @@ static void test_mover_failure_undone(void)
 
 /* ---- files: temp folders, LoRAs, registries --------------------------------------------- */
 
-typedef struct tmpd {
-    char dir[64];
-    char path[512];
-} tmpd;
-
-static int tmp_open(tmpd *t)
-{
-    snprintf(t->dir, sizeof t->dir, "/tmp/vf_pool_XXXXXX");
-    if (!mkdtemp(t->dir)) {
-        perror("mkdtemp");
-        CHECK(0);
-        return 0;
-    }
-    return 1;
-}
-
-static const char *tmp_path(tmpd *t, const char *name)
-{
-    snprintf(t->path, sizeof t->path, "%s/%s", t->dir, name);
-    return t->path;
-}
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
-static void tmp_close(tmpd *t) { nftw(t->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS); }
-
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    CHECK(f != NULL);
-    if (!f)
-        return;
-    fputs(text, f);
-    fclose(f);
-}
-
 /* A kohya-style LoRA of rank 4 on one 8x8 linear: 64 + 64 bytes of f16 and a
  * 4-byte f32 alpha = 132 bytes of tensors. */
 #define LORA_BYTES 132u
@@ -647,7 +607,7 @@ static void expect_registry_error(vf_pool *p, tmpd *t, const char *name, const c
 static void test_registry_errors(void)
 {
     tmpd t;
-    if (!tmp_open(&t))
+    if (!tmp_open(&t, "pool"))
         return;
     write_lora(tmp_path(&t, "l1.safetensors"));
     vf_pool *p = make_pool(GB, GB, GB, VF_EVICT_LRU);
@@ -729,7 +689,7 @@ static void registry_alloc_loop(vf_pool *p, const char *file, size_t adds)
 static void test_alloc_failures(void)
 {
     tmpd t;
-    if (!tmp_open(&t))
+    if (!tmp_open(&t, "pool"))
         return;
     write_lora(tmp_path(&t, "l1.safetensors"));
     write_lora(tmp_path(&t, "l2.safetensors"));
@@ -829,7 +789,7 @@ static void test_registry_fixtures(void)
         return;
     }
     tmpd t;
-    if (!tmp_open(&t))
+    if (!tmp_open(&t, "pool"))
         return;
     char target[512];
     snprintf(target, sizeof target, "%s/reference", shared);

@@ -16,8 +16,8 @@
 #include "model/unet.h"
 #include "pipeline/quantize.h"
 #include "test.h"
+#include "test_tmp.h"
 
-#include <ftw.h>
 #include <math.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -378,37 +378,7 @@ static void test_roundtrip_in_place(void)
     free(b);
 }
 
-
 /* ---- checkpoints ------------------------------------------------------------------- */
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
-static void rm_tree(const char *p) { nftw(p, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-static char *scratch(void)
-{
-    static char path[64];
-    snprintf(path, sizeof path, "/tmp/vf_test_quant_XXXXXX");
-    return mkdtemp(path);
-}
-
-static int count_entries(const char *dir)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "ls -A '%s' | wc -l", dir);
-    FILE *f = popen(cmd, "r");
-    int n = -1;
-    if (f) {
-        if (fscanf(f, "%d", &n) != 1)
-            n = -1;
-        pclose(f);
-    }
-    return n;
-}
 
 static vf_status quantize_to(const char *in, const char *out, vf_dtype fmt, const char *config_dir)
 {
@@ -470,7 +440,7 @@ static void compare_checkpoints(const vf_checkpoint *a, const vf_checkpoint *q, 
 static void test_checkpoint_roundtrip(void)
 {
     SKIP_WITHOUT_SHARED(shared);
-    char *root = scratch();
+    char *root = tmp_scratch("quant");
     if (!root)
         return;
     static const vf_dtype fmts[] = {VF_DTYPE_F8_E4M3, VF_DTYPE_Q8, VF_DTYPE_Q4, VF_DTYPE_F16, VF_DTYPE_BF16};
@@ -516,7 +486,7 @@ static void test_checkpoint_roundtrip(void)
     const vf_ckpt_tensor *t = a ? vf_checkpoint_find(a, VF_COMPONENT_UNET, "conv_in.weight") : NULL;
     CHECK(t && t->packed && t->dtype == VF_DTYPE_Q4);
     vf_checkpoint_close(a);
-    rm_tree(root);
+    vf_remove_tree(root);
 }
 
 /* ---- UNet output error per storage dtype ------------------------------------------------- */
@@ -727,7 +697,7 @@ static void test_unet_quality_synth_sdxl(void)
 static void test_errors(void)
 {
     SKIP_WITHOUT_SHARED(shared);
-    char *root = scratch();
+    char *root = tmp_scratch("quant");
     if (!root)
         return;
     char dir[1024], out[1100], p[1200];
@@ -782,13 +752,13 @@ static void test_errors(void)
     CHECK(vf_quantize_checkpoint(file, file, &o, NULL) == VF_ERR_INVALID_ARG);
     /* nothing half-written beside the outputs */
     CHECK_MSG(count_entries(root) == 2, "%d entries", count_entries(root));
-    rm_tree(root);
+    vf_remove_tree(root);
 }
 
 /* A NaN in a weight names the file, tensor, row and column; no output is left. */
 static void test_nonfinite_weight(void)
 {
-    char *root = scratch();
+    char *root = tmp_scratch("quant");
     if (!root)
         return;
     char in[256], out[256];
@@ -803,14 +773,14 @@ static void test_nonfinite_weight(void)
     /* a file no key map knows is refused before anything is written */
     CHECK(quantize_to(in, out, VF_DTYPE_Q8, NULL) == VF_ERR_UNSUPPORTED);
     CHECK(access(out, F_OK) != 0);
-    rm_tree(root);
+    vf_remove_tree(root);
 }
 
 /* Hand-made files whose quantization metadata is inconsistent are refused at
  * open, each error naming the file and tensor. */
 static void test_bad_metadata(void)
 {
-    char *root = scratch();
+    char *root = tmp_scratch("quant");
     if (!root)
         return;
     char path[256];
@@ -868,7 +838,7 @@ static void test_bad_metadata(void)
     vf_st_write_tensor q = {"w", VF_DTYPE_Q8, 2, {4, 64}, packed};
     CHECK(vf_st_write(path, &q, 1, NULL) == VF_ERR_INVALID_ARG && strstr(vf_last_error(), "U8"));
     free(packed);
-    rm_tree(root);
+    vf_remove_tree(root);
 }
 
 /* Every failing allocation while quantizing a folder (reading, converting,
@@ -877,7 +847,7 @@ static void test_bad_metadata(void)
 static void test_alloc_failures(void)
 {
     SKIP_WITHOUT_SHARED(shared);
-    char *root = scratch();
+    char *root = tmp_scratch("quant");
     if (!root)
         return;
     char dir[1024], out[256];
@@ -886,7 +856,7 @@ static void test_alloc_failures(void)
     uint64_t before = vf_fault_alloc_count();
     CHECK_OK(quantize_to(dir, out, VF_DTYPE_Q4, NULL));
     uint64_t total = vf_fault_alloc_count() - before;
-    rm_tree(out);
+    vf_remove_tree(out);
     int failed = 0;
     for (uint64_t k = 1; k <= total; k += 1 + k / 8) {
         vf_fault_alloc_fail_at(k);
@@ -896,7 +866,7 @@ static void test_alloc_failures(void)
         CHECK_MSG(st == VF_OK || st == VF_ERR_NO_MEMORY, "allocation %llu: %s", (unsigned long long)k,
                   vf_last_error());
         if (st == VF_OK)
-            rm_tree(out);
+            vf_remove_tree(out);
         CHECK_MSG(count_entries(root) == 0, "allocation %llu: leftovers", (unsigned long long)k);
     }
     CHECK(failed > 10);
@@ -916,7 +886,7 @@ static void test_alloc_failures(void)
         free(w);
     }
     vf_checkpoint_close(ck);
-    rm_tree(root);
+    vf_remove_tree(root);
 }
 
 /* The CPU backend's vf_be_dequant: float32 OIHW, the packed row order. */
@@ -950,7 +920,6 @@ static void test_cpu_backend(void)
     }
     vf_backend_free(be);
 }
-
 
 /* The demo model's final images with quantized weights against its own
  * float16 weights computed in float32 (issue 6: PSNR on the demo model).

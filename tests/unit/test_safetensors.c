@@ -8,44 +8,14 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "test.h"
+#include "test_tmp.h"
 
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- helpers ---------------------------------------------------------------- */
-
-typedef struct {
-    char dir[64];
-    char path[256];
-} tmpd;
-
-static int tmp_open(tmpd *t)
-{
-    snprintf(t->dir, sizeof t->dir, "/tmp/vf_st_XXXXXX");
-    if (!mkdtemp(t->dir)) {
-        perror("mkdtemp");
-        CHECK(0);
-        return 0;
-    }
-    return 1;
-}
-
-static const char *tmp_file(tmpd *t, const char *name)
-{
-    snprintf(t->path, sizeof t->path, "%s/%s", t->dir, name);
-    return t->path;
-}
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
-static void tmp_close(tmpd *t) { nftw(t->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS); }
 
 static int file_exists(const char *p)
 {
@@ -210,12 +180,12 @@ static void check_sample(vf_st_file *f, const uint16_t *h)
 static void test_round_trip(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "st"))
         return;
-    const char *p = tmp_file(&d, "rt.safetensors");
+    const char *p = tmp_path(&d, "rt.safetensors");
     uint16_t h[4];
     CHECK_OK(write_sample(p, h));
-    char tmp[300];
+    char tmp[TMP_PATH_MAX + 8];
     snprintf(tmp, sizeof tmp, "%s.tmp", p);
     CHECK(!file_exists(tmp));
     uint64_t hl = header_len_of(p);
@@ -253,7 +223,7 @@ static void test_round_trip(void)
 static void test_many_tensors(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "st"))
         return;
     enum { N = 300 };
     static char names[N][32];
@@ -266,7 +236,7 @@ static void test_many_tensors(void)
         vals[i] = (float)k;
         ts[i] = wt(names[i], VF_DTYPE_F32, 1, s1, &vals[i]);
     }
-    const char *p = tmp_file(&d, "many.safetensors");
+    const char *p = tmp_path(&d, "many.safetensors");
     CHECK_OK(vf_st_write(p, ts, N, NULL));
     vf_st_file *f = NULL;
     CHECK_OK(vf_st_open(p, &f));
@@ -290,9 +260,9 @@ static void test_many_tensors(void)
 static void test_valid_edge_cases(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "st"))
         return;
-    const char *p = tmp_file(&d, "edge.safetensors");
+    const char *p = tmp_path(&d, "edge.safetensors");
     /* JSON order differs from file order; zero-sized tensors at shared offsets;
      * a scalar; padding after the object. */
     write_raw(p,
@@ -430,13 +400,13 @@ static const bad_case k_bad[] = {
 static void test_malformed_headers(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "st"))
         return;
     size_t n = sizeof k_bad / sizeof k_bad[0];
     for (size_t i = 0; i < n; i++) {
         char name[64];
         snprintf(name, sizeof name, "bad-%02zu.safetensors", i);
-        const char *p = tmp_file(&d, name);
+        const char *p = tmp_path(&d, name);
         write_raw(p, k_bad[i].header, UINT64_MAX, k_bad[i].data_len);
         expect_fail(k_bad[i].label, p, VF_ERR_FORMAT, k_bad[i].tensor, k_bad[i].phrase);
         /* The same bytes through the pread path give the same verdict. */
@@ -452,15 +422,15 @@ static void test_malformed_headers(void)
 static void test_malformed_files(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "st"))
         return;
-    const char *p = tmp_file(&d, "short.safetensors");
+    const char *p = tmp_path(&d, "short.safetensors");
     write_bytes(p, "\x02\0\0\0\0", 5);
     expect_fail("5-byte file", p, VF_ERR_FORMAT, "5 bytes", "too short");
     write_bytes(p, "", 0);
     expect_fail("empty file", p, VF_ERR_FORMAT, "0 bytes", "too short");
 
-    p = tmp_file(&d, "past-end.safetensors");
+    p = tmp_path(&d, "past-end.safetensors");
     write_raw(p, "{}      ", 100, 0);
     expect_fail("header length past end", p, VF_ERR_FORMAT, "header length 100",
                 "past the end of the file");
@@ -471,7 +441,7 @@ static void test_malformed_files(void)
     expect_fail("header length near 2^64", p, VF_ERR_FORMAT, "over the", "limit");
 
     /* A header over the cap in a file that really is that long (sparse). */
-    p = tmp_file(&d, "huge-header.safetensors");
+    p = tmp_path(&d, "huge-header.safetensors");
     write_raw(p, "{}", (uint64_t)VF_ST_HEADER_CAP + 8, 0);
     CHECK(truncate(p, (off_t)VF_ST_HEADER_CAP + 64) == 0);
     expect_fail("header over the cap", p, VF_ERR_FORMAT, "104857608", "over the");
@@ -481,7 +451,7 @@ static void test_malformed_files(void)
     expect_fail("header at the cap", p, VF_ERR_FORMAT, "header", "text after");
 
     /* A valid file whose data was cut short. */
-    p = tmp_file(&d, "cut.safetensors");
+    p = tmp_path(&d, "cut.safetensors");
     static const int64_t s4[1] = {4};
     vf_st_write_tensor ts[2] = {wt("first", VF_DTYPE_F32, 1, s4, k_w),
                                 wt("second", VF_DTYPE_F32, 1, s4, k_w)};
@@ -492,7 +462,7 @@ static void test_malformed_files(void)
     CHECK(truncate(p, (off_t)(8 + hl - 3)) == 0);
     expect_fail("truncated header", p, VF_ERR_FORMAT, "header length", "past the end of the file");
 
-    p = tmp_file(&d, "absent.safetensors");
+    p = tmp_path(&d, "absent.safetensors");
     expect_fail("missing file", p, VF_ERR_NOT_FOUND, "cannot open", NULL);
     expect_fail("directory", d.dir, VF_ERR_IO, "not a regular file", NULL);
     tmp_close(&d);
@@ -503,7 +473,7 @@ static void test_malformed_files(void)
 static void test_truncated_while_open(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "st"))
         return;
     enum { BIG = 8192 };
     static float big[BIG];
@@ -511,7 +481,7 @@ static void test_truncated_while_open(void)
         big[i] = (float)i;
     static const int64_t sb[1] = {BIG}, s4[1] = {4};
     for (int mode = 0; mode < 2; mode++) {
-        const char *p = tmp_file(&d, mode ? "shrink-pread.safetensors" : "shrink-mmap.safetensors");
+        const char *p = tmp_path(&d, mode ? "shrink-pread.safetensors" : "shrink-mmap.safetensors");
         vf_st_write_tensor ts[2] = {wt("big", VF_DTYPE_F32, 1, sb, big),
                                     wt("tail", VF_DTYPE_F32, 1, s4, k_w)};
         CHECK_OK(vf_st_write(p, ts, 2, NULL));
@@ -577,10 +547,10 @@ static void test_truncated_while_open(void)
 static void test_write_errors(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "st"))
         return;
     static const int64_t s1[1] = {1}, sneg[1] = {-1};
-    const char *p = tmp_file(&d, "w.safetensors");
+    const char *p = tmp_path(&d, "w.safetensors");
     vf_st_write_tensor dup[2] = {wt("a", VF_DTYPE_F32, 1, s1, k_w),
                                  wt("a", VF_DTYPE_F32, 1, s1, k_w)};
     CHECK(vf_st_write(p, dup, 2, NULL) == VF_ERR_INVALID_ARG);
@@ -608,8 +578,8 @@ static void test_write_errors(void)
     CHECK_OK(vf_st_open(p, &f));
     CHECK(f && vf_st_count(f) == 1 && vf_st_find(f, "ok"));
     vf_st_close(f);
-    const char *nodir = tmp_file(&d, "no/such/dir/x.safetensors");
-    char keep[256];
+    const char *nodir = tmp_path(&d, "no/such/dir/x.safetensors");
+    char keep[TMP_PATH_MAX];
     snprintf(keep, sizeof keep, "%s", nodir);
     CHECK(vf_st_write(keep, &ok, 1, NULL) == VF_ERR_IO);
     CHECK(strstr(vf_last_error(), keep) != NULL);
@@ -621,15 +591,15 @@ static void test_write_errors(void)
 static void test_alloc_failures(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "st"))
         return;
-    const char *p0 = tmp_file(&d, "fault.safetensors");
-    char p[256];
+    const char *p0 = tmp_path(&d, "fault.safetensors");
+    char p[TMP_PATH_MAX];
     snprintf(p, sizeof p, "%s", p0);
     uint16_t h[4];
 
     /* Writing: every failure leaves neither the file nor its .tmp. */
-    char tmp[300];
+    char tmp[TMP_PATH_MAX + 8];
     snprintf(tmp, sizeof tmp, "%s.tmp", p);
     int write_failures = 0, wrote = 0;
     for (uint64_t n = 1; n < 200 && !wrote; n++) {

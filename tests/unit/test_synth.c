@@ -11,9 +11,9 @@
 #include "io/safetensors.h"
 #include "pipeline/synth.h"
 #include "test.h"
+#include "test_tmp.h"
 
 #include <errno.h>
-#include <ftw.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/resource.h>
@@ -27,39 +27,6 @@
 #define CLIP_G 694659840ull
 #define VAE_ALL 83653863ull
 #define CLIP_VOCAB 49408
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(p);
-}
-
-static void rm_tree(const char *p) { nftw(p, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-/* A fresh scratch folder; the caller removes it with rm_tree. */
-static char *scratch(void)
-{
-    static char path[64];
-    snprintf(path, sizeof path, "/tmp/vf_test_synth_XXXXXX");
-    return mkdtemp(path);
-}
-
-/* Entries in dir other than . and .. */
-static int count_entries(const char *dir)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "ls -A '%s' | wc -l", dir);
-    FILE *f = popen(cmd, "r");
-    int n = -1;
-    if (f) {
-        if (fscanf(f, "%d", &n) != 1)
-            n = -1;
-        pclose(f);
-    }
-    return n;
-}
 
 static uint64_t numel(const int64_t *shape, int ndim)
 {
@@ -186,7 +153,7 @@ static void check_tokenizer(const char *root, const char *sub, int32_t want_pad)
 
 static void check_tiny(vf_arch arch)
 {
-    char *root = scratch();
+    char *root = tmp_scratch("synth");
     CHECK(root != NULL);
     if (!root)
         return;
@@ -228,7 +195,7 @@ static void check_tiny(vf_arch arch)
     check_tokenizer(out, "tokenizer", -1);
     if (arch == VF_ARCH_SDXL)
         check_tokenizer(out, "tokenizer_2", 0); /* "!" is id 0, as in CLIP */
-    rm_tree(root);
+    vf_remove_tree(root);
 }
 
 static void test_tiny_sd15(void) { check_tiny(VF_ARCH_SD15); }
@@ -271,7 +238,7 @@ static int files_equal(const char *a, const char *b)
 /* Same seed, same bytes; another seed, other bytes; the scales as documented. */
 static void test_values(void)
 {
-    char *root = scratch();
+    char *root = tmp_scratch("synth");
     if (!root)
         return;
     char a[256], b[256], c[256], fa[512], fb[512], fc[512];
@@ -315,13 +282,13 @@ static void test_values(void)
     CHECK(n > 0);
     for (size_t i = 0; i < n; i++)
         CHECK(v[i] == 1.0f);
-    rm_tree(root);
+    vf_remove_tree(root);
 }
 
 /* A non-empty target is refused unless --force and it is a model folder. */
 static void test_targets(void)
 {
-    char *root = scratch();
+    char *root = tmp_scratch("synth");
     if (!root)
         return;
     char out[256], junk[512], other[256], empty[256];
@@ -367,14 +334,14 @@ static void test_targets(void)
     o.dtype = VF_DTYPE_F16;
     o.arch = VF_ARCH_UNKNOWN;
     CHECK(vf_synth(&o, out) == VF_ERR_INVALID_ARG);
-    rm_tree(root);
+    vf_remove_tree(root);
 }
 
 /* A disk that fills up (a file size limit) fails naming the file, and leaves
  * nothing behind. */
 static void test_write_failure(void)
 {
-    char *root = scratch();
+    char *root = tmp_scratch("synth");
     if (!root)
         return;
     char out[256];
@@ -396,13 +363,13 @@ static void test_write_failure(void)
     CHECK_MSG(strstr(vf_last_error(), "unet/diffusion_pytorch_model.safetensors") != NULL, "%s", vf_last_error());
     CHECK(strstr(vf_last_error(), "tensor '") != NULL);
     CHECK(count_entries(root) == 0);
-    rm_tree(root);
+    vf_remove_tree(root);
 }
 
 /* Every failing allocation is reported and leaks nothing, files included. */
 static void test_alloc_failures(void)
 {
-    char *root = scratch();
+    char *root = tmp_scratch("synth");
     if (!root)
         return;
     char out[256];
@@ -414,7 +381,7 @@ static void test_alloc_failures(void)
     uint64_t before = vf_fault_alloc_count();
     CHECK_OK(vf_synth(&o, out));
     uint64_t total = vf_fault_alloc_count() - before;
-    rm_tree(out);
+    vf_remove_tree(out);
     int failed = 0;
     for (uint64_t k = 1; k <= total; k += 1 + k / 4) {
         vf_fault_alloc_fail_at(k);
@@ -422,11 +389,11 @@ static void test_alloc_failures(void)
         vf_fault_alloc_fail_at(0);
         failed += st != VF_OK;
         if (st == VF_OK)
-            rm_tree(out);
+            vf_remove_tree(out);
         CHECK_MSG(count_entries(root) == 0, "allocation %llu: leftovers", (unsigned long long)k);
     }
     CHECK(failed > 10);
-    rm_tree(root);
+    vf_remove_tree(root);
 }
 
 /* The fast narrowing agrees bit for bit with the library's reference one. */
@@ -468,7 +435,7 @@ static void test_convert(void)
 
 static void test_writer(void)
 {
-    char *root = scratch();
+    char *root = tmp_scratch("synth");
     if (!root)
         return;
     char path[256], tmp[512];
@@ -539,7 +506,7 @@ static void test_writer(void)
     snprintf(path, sizeof path, "%s/missing/w.safetensors", root);
     CHECK(vf_st_writer_open(path, ts, 3, NULL, &w) == VF_ERR_IO);
     CHECK(strstr(vf_last_error(), "missing/w.safetensors") != NULL);
-    rm_tree(root);
+    vf_remove_tree(root);
 }
 
 TEST_MAIN(TEST(test_full_counts), TEST(test_vocab), TEST(test_tiny_sd15), TEST(test_tiny_sdxl),

@@ -10,8 +10,8 @@
 #include "io/safetensors.h"
 #include "pipeline/tokenizer.h"
 #include "test.h"
+#include "test_tmp.h"
 
-#include <ftw.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -108,42 +108,6 @@ static int check_text(vf_tokenizer *t, const char *text, const int32_t *want, si
     return ok && wok;
 }
 
-typedef struct {
-    char dir[64];
-    char path[256];
-} tmpd;
-
-static int tmp_open(tmpd *t)
-{
-    snprintf(t->dir, sizeof t->dir, "/tmp/vf_tok_XXXXXX");
-    CHECK(mkdtemp(t->dir) != NULL);
-    return t->dir[0] != 0;
-}
-
-static const char *tmp_file(tmpd *t, const char *name)
-{
-    snprintf(t->path, sizeof t->path, "%s/%s", t->dir, name);
-    return t->path;
-}
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
-static void tmp_close(tmpd *t) { nftw(t->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS); }
-
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "wb");
-    CHECK(f != NULL);
-    if (!f)
-        return;
-    fputs(text, f);
-    fclose(f);
-}
-
 static void write_gz(const char *path, const char *text, size_t n)
 {
     gzFile f = gzopen(path, "wb");
@@ -200,8 +164,8 @@ static int32_t syn_id(const char *s)
 
 static void write_synthetic(tmpd *d)
 {
-    write_vocab(tmp_file(d, "vocab.json"), SYN_EXTRA, SYN_NEXTRA);
-    write_text(tmp_file(d, "merges.txt"), SYN_MERGES);
+    write_vocab(tmp_path(d, "vocab.json"), SYN_EXTRA, SYN_NEXTRA);
+    write_text(tmp_path(d, "merges.txt"), SYN_MERGES);
 }
 
 /* ---- the reference cases -------------------------------------------------------- */
@@ -377,7 +341,7 @@ static void expect_syn(vf_tokenizer *t, const char *text, const char *const *sym
 static void test_bpe_semantics(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "tok"))
         return;
     write_synthetic(&d);
     vf_tokenizer *t = NULL;
@@ -413,10 +377,10 @@ static void test_bpe_semantics(void)
 static void test_gz_synthetic(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "tok"))
         return;
     static const char merges[] = "\"bpe_simple_vocab_16e6.txt#version: 0.2\nh e\nl l\nhe ll\nhell o</w>\n";
-    write_gz(tmp_file(&d, "bpe.txt.gz"), merges, strlen(merges));
+    write_gz(tmp_path(&d, "bpe.txt.gz"), merges, strlen(merges));
     vf_tokenizer *t = NULL;
     CHECK_OK(vf_tokenizer_load(d.path, &t));
     if (t) {
@@ -438,7 +402,7 @@ static void test_gz_synthetic(void)
 static void test_arguments(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "tok"))
         return;
     write_synthetic(&d);
     vf_tokenizer *t = NULL;
@@ -476,7 +440,7 @@ static void test_arguments(void)
 static void test_bad_prompts(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "tok"))
         return;
     write_synthetic(&d);
     vf_tokenizer *t = NULL;
@@ -560,7 +524,7 @@ static void test_big_prompts(void)
 static void test_cache_bound(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "tok"))
         return;
     write_synthetic(&d);
     vf_tokenizer *t = NULL;
@@ -632,15 +596,15 @@ static void test_malformed_files(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const bad_case *c = &cases[i];
         tmpd d;
-        if (!tmp_open(&d))
+        if (!tmp_open(&d, "tok"))
             return;
         write_synthetic(&d);
         if (c->vocab)
-            write_text(tmp_file(&d, "vocab.json"), c->vocab);
+            write_text(tmp_path(&d, "vocab.json"), c->vocab);
         if (c->merges)
-            write_text(tmp_file(&d, "merges.txt"), c->merges);
+            write_text(tmp_path(&d, "merges.txt"), c->merges);
         if (c->config)
-            write_text(tmp_file(&d, "tokenizer_config.json"), c->config);
+            write_text(tmp_path(&d, "tokenizer_config.json"), c->config);
         vf_tokenizer *t = (vf_tokenizer *)&d; /* must be reset to NULL */
         vf_status st = vf_tokenizer_load(d.dir, &t);
         CHECK_MSG(st == c->want && t == NULL, "%s: got %s", c->what, vf_status_str(st));
@@ -656,12 +620,12 @@ static void test_malformed_files(void)
 static void test_config_and_duplicates(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "tok"))
         return;
     write_synthetic(&d);
     /* An AddedToken object as pad, as older configs write it: "!" is then an
      * added token, so "a!!" is a, !, ! and the window pads with its id. */
-    write_text(tmp_file(&d, "tokenizer_config.json"),
+    write_text(tmp_path(&d, "tokenizer_config.json"),
                "{\"pad_token\": {\"__type\": \"AddedToken\", \"content\": \"!\"}, \"bos_token\": null}");
     vf_tokenizer *t = NULL;
     CHECK_OK(vf_tokenizer_load(d.dir, &t));
@@ -677,11 +641,11 @@ static void test_config_and_duplicates(void)
     }
     vf_tokenizer_free(t);
     /* Duplicate ids are fine; a duplicate key takes its last id, as json.load. */
-    write_text(tmp_file(&d, "vocab.json"),
+    write_text(tmp_path(&d, "vocab.json"),
                "{\"a</w>\": 7, \"b</w>\": 7, \"a\": 1, \"a\": 2, \"<|startoftext|>\": 3, "
                "\"<|endoftext|>\": 4}");
-    write_text(tmp_file(&d, "merges.txt"), "#version: 0.2\n");
-    remove(tmp_file(&d, "tokenizer_config.json"));
+    write_text(tmp_path(&d, "merges.txt"), "#version: 0.2\n");
+    remove(tmp_path(&d, "tokenizer_config.json"));
     t = NULL;
     CHECK_OK(vf_tokenizer_load(d.dir, &t));
     if (t) {
@@ -698,31 +662,31 @@ static void test_config_and_duplicates(void)
 static void test_missing_and_gz_errors(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "tok"))
         return;
     vf_tokenizer *t = NULL;
     CHECK(vf_tokenizer_load(d.dir, &t) == VF_ERR_NOT_FOUND && !t);
     CHECK(strstr(vf_last_error(), d.dir) && strstr(vf_last_error(), "vocab.json"));
-    CHECK(vf_tokenizer_load(tmp_file(&d, "nope"), &t) == VF_ERR_NOT_FOUND);
-    CHECK(vf_tokenizer_load(tmp_file(&d, "nope.gz"), &t) == VF_ERR_NOT_FOUND);
-    write_text(tmp_file(&d, "vocab.json"), "{}");
+    CHECK(vf_tokenizer_load(tmp_path(&d, "nope"), &t) == VF_ERR_NOT_FOUND);
+    CHECK(vf_tokenizer_load(tmp_path(&d, "nope.gz"), &t) == VF_ERR_NOT_FOUND);
+    write_text(tmp_path(&d, "vocab.json"), "{}");
     CHECK(vf_tokenizer_load(d.dir, &t) == VF_ERR_NOT_FOUND);
-    CHECK(vf_tokenizer_load(tmp_file(&d, "vocab.json"), &t) == VF_ERR_UNSUPPORTED && !t);
-    CHECK(vf_tokenizer_load_files(tmp_file(&d, "none.json"), "x", NULL, &t) == VF_ERR_NOT_FOUND);
+    CHECK(vf_tokenizer_load(tmp_path(&d, "vocab.json"), &t) == VF_ERR_UNSUPPORTED && !t);
+    CHECK(vf_tokenizer_load_files(tmp_path(&d, "none.json"), "x", NULL, &t) == VF_ERR_NOT_FOUND);
 
     /* A truncated gzip stream. */
     static char text[20000];
     size_t k = (size_t)snprintf(text, sizeof text, "#version: 0.2\n");
     for (int i = 0; i < 1500; i++)
         k += (size_t)snprintf(text + k, sizeof text - k, "%c %c\n", 'a' + i % 26, 'b' + i % 25);
-    write_gz(tmp_file(&d, "full.gz"), text, k);
+    write_gz(tmp_path(&d, "full.gz"), text, k);
     FILE *f = fopen(d.path, "rb");
     char buf[4096];
     size_t got = f ? fread(buf, 1, sizeof buf, f) : 0;
     if (f)
         fclose(f);
     CHECK(got > 40);
-    FILE *g = fopen(tmp_file(&d, "cut.gz"), "wb");
+    FILE *g = fopen(tmp_path(&d, "cut.gz"), "wb");
     if (g) {
         fwrite(buf, 1, got / 2, g);
         fclose(g);
@@ -730,12 +694,12 @@ static void test_missing_and_gz_errors(void)
     CHECK(vf_tokenizer_load(d.path, &t) == VF_ERR_FORMAT && !t);
     CHECK(strstr(vf_last_error(), "cut.gz") != NULL);
     /* Bad merge lines and bad UTF-8 inside a good gzip stream. */
-    write_gz(tmp_file(&d, "one.gz"), "#v\na b\nc\n", 9);
+    write_gz(tmp_path(&d, "one.gz"), "#v\na b\nc\n", 9);
     CHECK(vf_tokenizer_load(d.path, &t) == VF_ERR_FORMAT && strstr(vf_last_error(), "line 3"));
-    write_gz(tmp_file(&d, "utf.gz"), "#v\na \xff\n", 7);
+    write_gz(tmp_path(&d, "utf.gz"), "#v\na \xff\n", 7);
     CHECK(vf_tokenizer_load(d.path, &t) == VF_ERR_FORMAT && strstr(vf_last_error(), "UTF-8"));
     /* Just a header: the 514 base symbols, no merges. */
-    write_gz(tmp_file(&d, "empty.gz"), "#version: 0.2\n", 14);
+    write_gz(tmp_path(&d, "empty.gz"), "#version: 0.2\n", 14);
     CHECK_OK(vf_tokenizer_load(d.path, &t));
     CHECK(vf_tokenizer_vocab_size(t) == 514);
     vf_tokenizer_free(t);
@@ -812,12 +776,12 @@ static void fault_sweep_tokenize(const char *dir, int window)
 static void test_alloc_faults(void)
 {
     tmpd d;
-    if (!tmp_open(&d))
+    if (!tmp_open(&d, "tok"))
         return;
     write_synthetic(&d);
-    write_text(tmp_file(&d, "tokenizer_config.json"), "{\"pad_token\": \"!\"}");
+    write_text(tmp_path(&d, "tokenizer_config.json"), "{\"pad_token\": \"!\"}");
     fault_sweep_load(d.dir, "folder");
-    write_gz(tmp_file(&d, "bpe.gz"), SYN_MERGES, strlen(SYN_MERGES));
+    write_gz(tmp_path(&d, "bpe.gz"), SYN_MERGES, strlen(SYN_MERGES));
     fault_sweep_load(d.path, ".gz");
 
     fault_sweep_tokenize(d.dir, 0);
