@@ -109,6 +109,35 @@ VF_DTYPE_COUNT = 14
 VF_POOL_UNLIMITED = 2**64 - 1
 
 
+class Owned:
+    """Owns one C handle (self._h): closed once, by close(), a `with` block or
+    garbage collection. Subclasses name the C function that frees it."""
+
+    _h = None
+
+    def _free(self, h):
+        raise NotImplementedError
+
+    def _handle(self):
+        if not self._h:
+            raise ValueError(f"{type(self).__name__} is closed")
+        return self._h
+
+    def close(self):
+        if self._h:
+            self._free(self._h)
+            self._h = None
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 class vf_device_info(Structure):
     _fields_ = [("name", c_char * 256), ("index", c_int), ("cc_major", c_int), ("cc_minor", c_int),
                 ("total_vram", c_uint64), ("free_vram", c_uint64), ("multiprocessors", c_int)]

@@ -228,7 +228,7 @@ class _Progress:
         _lib.check(status)
 
 
-class IntelligentGenerationPipeline:
+class IntelligentGenerationPipeline(_lib.Owned):
     """A text-to-image pipeline under vramfit's memory manager.
 
     model_id_or_path: a diffusers folder or single-file checkpoint, or an id
@@ -281,24 +281,8 @@ class IntelligentGenerationPipeline:
 
     # ---- handle -------------------------------------------------------------------
 
-    def _handle(self):
-        if not self._h:
-            raise ValueError("IntelligentGenerationPipeline is closed")
-        return self._h
-
-    def close(self):
-        if getattr(self, "_h", None):
-            C.vf_model_close(self._h)
-            self._h = None
-
-    def __del__(self):
-        self.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    def _free(self, h):
+        C.vf_model_close(h)
 
     def _pool_use(self):
         if self._pool_id is not None:

@@ -28,7 +28,7 @@ def size_bytes(value, what):
     return int(value * (1 << 30))
 
 
-class ModelPool:
+class ModelPool(_lib.Owned):
     """vf_pool: register models by id, load them into tiers, evict by policy.
 
     max_size_gb: device capacity; host_size_gb: host (pageable + pinned)
@@ -49,24 +49,8 @@ class ModelPool:
         _lib.check(C.vf_pool_create(ctypes.byref(o), ctypes.byref(h)))
         self._h = h
 
-    def _handle(self):
-        if not self._h:
-            raise ValueError("ModelPool is closed")
-        return self._h
-
-    def close(self):
-        if getattr(self, "_h", None):
-            C.vf_pool_free(self._h)
-            self._h = None
-
-    def __del__(self):
-        self.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    def _free(self, h):
+        C.vf_pool_free(h)
 
     def register(self, model_id, path, kind="checkpoint"):
         """Registers a checkpoint (or kind="lora"); reads its headers to size it."""

@@ -12,7 +12,7 @@ from ._lib import C
 CONTEXT_LEN = 77
 
 
-class Tokenizer:
+class Tokenizer(_lib.Owned):
     """tok = Tokenizer("model/tokenizer"); tok.encode("a cat") -> [49406, ..., 49407]."""
 
     def __init__(self, path=None, vocab_json=None, merges_txt=None, config_json=None):
@@ -26,18 +26,8 @@ class Tokenizer:
             raise ValueError("Tokenizer: give a path, or vocab_json and merges_txt")
         self._h = h
 
-    def _handle(self):
-        if not self._h:
-            raise ValueError("Tokenizer is closed")
-        return self._h
-
-    def close(self):
-        if getattr(self, "_h", None):
-            C.vf_tokenizer_free(self._h)
-            self._h = None
-
-    def __del__(self):
-        self.close()
+    def _free(self, h):
+        C.vf_tokenizer_free(h)
 
     @property
     def vocab_size(self):
