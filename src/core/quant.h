@@ -77,8 +77,31 @@ int vf_quant_can(vf_dtype fmt, int ndim, const int64_t *shape);
 /* src is (rows, cols) float32 row-major; dst receives vf_quant_packed_bytes
  * bytes (F32/F16/BF16: the plain conversion, F16 values past its range are an
  * error too). A NaN or infinity is VF_ERR_NONFINITE naming its row and
- * column (the caller prefixes the tensor). Never allocates. */
+ * column (the caller prefixes the tensor). Never allocates.
+ *
+ * Large tensors are quantized by several threads (vf_quant_threads), each
+ * taking a contiguous run of rows. Rows are independent, so the bytes are
+ * those of one thread, and on failure the error is the one of the lowest
+ * failing row, exactly as one thread reports it (the calling thread sets it:
+ * the message is thread-local). dst is unspecified after an error. */
 vf_status vf_quantize(vf_dtype fmt, const float *src, int64_t rows, int64_t cols, void *dst);
+
+#define VF_QUANT_MAX_THREADS 64            /* never more threads than this     */
+#define VF_QUANT_AUTO_THREADS 16           /* automatic: at most this many     */
+#define VF_QUANT_PAR_MIN ((int64_t)1 << 18) /* automatic: values to go parallel */
+
+/* The threads vf_quantize uses for rows x cols values (at least 1, at most
+ * rows). Automatic: 1 below VF_QUANT_PAR_MIN values, else the env
+ * VF_QUANT_THREADS (a whole number >= 1, at most VF_QUANT_MAX_THREADS; any
+ * other value is ignored) or the CPUs this process may run on, at most
+ * VF_QUANT_AUTO_THREADS, and never fewer than VF_QUANT_PAR_MIN / 4 values a
+ * thread. vf_quant_set_threads(n > 0) forces n, whatever the size (tests). */
+int vf_quant_threads(int64_t rows, int64_t cols);
+/* 0 = automatic (the default). Process-wide; set it before quantizing. */
+void vf_quant_set_threads(int n);
+/* Test hook: the nth thread start from now (1 = the next) fails, as a failing
+ * pthread_create does; 0 disables. */
+void vf_quant_fault_spawn_at(int nth);
 /* The inverse: dst is (rows, cols) float32. src may be unaligned. */
 vf_status vf_dequantize(vf_dtype fmt, const void *src, int64_t rows, int64_t cols, float *dst);
 

@@ -8,6 +8,7 @@
 #include "backend/backend.h"
 #include "core/alloc.h"
 #include "core/dtype.h"
+#include "core/error.h"
 #include "core/quant.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
@@ -376,6 +377,180 @@ static void test_roundtrip_in_place(void)
     free(w);
     free(want);
     free(b);
+}
+
+/* ---- threads ------------------------------------------------------------------------ */
+
+static const vf_dtype g_all_out[] = {VF_DTYPE_F16, VF_DTYPE_BF16, VF_DTYPE_F8_E4M3, VF_DTYPE_Q8, VF_DTYPE_Q4,
+                                     VF_DTYPE_F32};
+
+/* Rows of very different scales (as a weight's channels are), a zero row and
+ * an outlier, so that every row packs differently. */
+static float *awkward_matrix(int64_t rows, int64_t cols)
+{
+    float *x = random_matrix(rows, cols, 1.0f);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k < cols; k++)
+            x[r * cols + k] = r == rows / 2 && rows > 2 ? 0.0f : x[r * cols + k] * ldexpf(1.0f, (int)(r % 9) - 6);
+    x[rows * cols - 1] = 40.0f;
+    return x;
+}
+
+/* vf_quantize with threads forced to n (0: automatic); dst pre-filled with
+ * fill so that an unwritten byte shows. */
+static uint8_t *quantize_with(int n, vf_dtype f, const float *x, int64_t R, int64_t K, int fill)
+{
+    size_t bytes = vf_quant_packed_bytes(f, R, K);
+    uint8_t *p = malloc(bytes);
+    memset(p, fill, bytes);
+    vf_quant_set_threads(n);
+    vf_status st = vf_quantize(f, x, R, K, p);
+    vf_quant_set_threads(0);
+    CHECK_MSG(st == VF_OK, "%s %lldx%lld, %d threads: %s", vf_dtype_name(f), (long long)R, (long long)K, n,
+              vf_last_error());
+    return p;
+}
+
+/* Any thread count gives one thread's bytes, for every format and for shapes
+ * with fewer rows than threads, rows not a multiple of the chunks, and
+ * partial blocks. */
+static void test_threads_identical(void)
+{
+    static const int64_t shapes[][2] = {{1, 16}, {3, 40}, {1031, 16}, {1027, 40}, {3, 4101}, {1029, 4099}};
+    static const int threads[] = {2, 3, 7, 64, 0};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int64_t R = shapes[s][0], K = shapes[s][1];
+        float *x = awkward_matrix(R, K);
+        for (size_t f = 0; f < sizeof g_all_out / sizeof g_all_out[0]; f++) {
+            vf_dtype fmt = g_all_out[f];
+            size_t bytes = vf_quant_packed_bytes(fmt, R, K);
+            uint8_t *one = quantize_with(1, fmt, x, R, K, 0xAB);
+            for (size_t t = 0; t < sizeof threads / sizeof threads[0]; t++) {
+                if (R * K > 100000 && threads[t] > 3 && fmt != VF_DTYPE_Q4)
+                    continue; /* the big shape: a few counts suffice but Q4, the refit */
+                uint8_t *many = quantize_with(threads[t], fmt, x, R, K, 0xCD);
+                CHECK_MSG(memcmp(one, many, bytes) == 0, "%s %lldx%lld: %d threads differ from one",
+                          vf_dtype_name(fmt), (long long)R, (long long)K, threads[t]);
+                free(many);
+            }
+            free(one);
+        }
+        free(x);
+    }
+    /* automatic mode on the big shape does go parallel when the CPUs allow */
+    printf("  automatic: %d threads for 1029 x 4099 on this machine\n", vf_quant_threads(1029, 4099));
+}
+
+/* The message (and status) of the lowest failing row, whichever thread
+ * meets it first: the same text as one thread gives. */
+static void expect_first_error(vf_dtype f, const float *x, int64_t R, int64_t K, int n, vf_status want,
+                               const char *says)
+{
+    uint8_t *buf = malloc(vf_quant_packed_bytes(f, R, K));
+    char single[512];
+    vf_quant_set_threads(1);
+    vf_status st1 = vf_quantize(f, x, R, K, buf);
+    snprintf(single, sizeof single, "%s", vf_last_error());
+    vf_quant_set_threads(n);
+    vf_clear_error();
+    vf_status stn = vf_quantize(f, x, R, K, buf);
+    vf_quant_set_threads(0);
+    CHECK_MSG(st1 == want && stn == want, "%s: %s / %s", vf_dtype_name(f), vf_status_str(st1), vf_status_str(stn));
+    CHECK_MSG(strstr(single, says) != NULL, "%s: one thread says '%s'", vf_dtype_name(f), single);
+    CHECK_MSG(strcmp(single, vf_last_error()) == 0, "%s, %d threads: '%s', one thread: '%s'", vf_dtype_name(f), n,
+              vf_last_error(), single);
+    free(buf);
+}
+
+static void test_threads_first_error(void)
+{
+    int64_t R = 1000, K = 64; /* 4 threads: chunks of 250 rows */
+    float *x = random_matrix(R, K, 0.1f);
+    for (size_t f = 0; f < sizeof g_all_out / sizeof g_all_out[0]; f++) {
+        x[900 * K + 5] = NAN;       /* chunk 3, met first when chunk 0 is slow */
+        x[10 * K + 7] = -INFINITY;  /* chunk 0 */
+        expect_first_error(g_all_out[f], x, R, K, 4, VF_ERR_NONFINITE, "infinity at row 10, column 7");
+        x[10 * K + 7] = 0.0f;
+        x[250 * K + 3] = NAN;       /* first row of chunk 1 */
+        x[249 * K + 60] = INFINITY; /* last row of chunk 0 */
+        expect_first_error(g_all_out[f], x, R, K, 4, VF_ERR_NONFINITE, "infinity at row 249, column 60");
+        x[249 * K + 60] = 0.0f;
+        expect_first_error(g_all_out[f], x, R, K, 4, VF_ERR_NONFINITE, "NaN at row 250, column 3");
+        expect_first_error(g_all_out[f], x, R, K, 64, VF_ERR_NONFINITE, "NaN at row 250, column 3");
+        x[250 * K + 3] = 0.0f;
+        x[900 * K + 5] = 0.0f;
+    }
+    /* a range error early (chunk 1) against a NaN late (chunk 3) */
+    x[999 * K + 1] = NAN;
+    x[260 * K + 40] = 1e7f;
+    expect_first_error(VF_DTYPE_Q8, x, R, K, 4, VF_ERR_INVALID_ARG, "row 260: column 32: magnitude");
+    expect_first_error(VF_DTYPE_Q4, x, R, K, 4, VF_ERR_INVALID_ARG, "row 260: column 32: values");
+    expect_first_error(VF_DTYPE_F16, x, R, K, 4, VF_ERR_INVALID_ARG, "row 260: column 40: 1e+07 is past");
+    expect_first_error(VF_DTYPE_BF16, x, R, K, 4, VF_ERR_NONFINITE, "NaN at row 999, column 1");
+    free(x);
+}
+
+/* A thread that cannot start leaves its rows to the calling thread: the
+ * same bytes, the same first error, nothing leaked. */
+static void test_threads_spawn_failure(void)
+{
+    int64_t R = 301, K = 72;
+    float *x = awkward_matrix(R, K);
+    uint8_t *one = quantize_with(1, VF_DTYPE_Q4, x, R, K, 0xAB);
+    size_t bytes = vf_quant_packed_bytes(VF_DTYPE_Q4, R, K);
+    for (int k = 1; k <= 6; k++) {
+        vf_quant_fault_spawn_at(k);
+        uint8_t *many = quantize_with(6, VF_DTYPE_Q4, x, R, K, 0xCD);
+        vf_quant_fault_spawn_at(0);
+        CHECK_MSG(memcmp(one, many, bytes) == 0, "thread %d failing to start: bytes differ", k);
+        free(many);
+    }
+    x[290 * K + 3] = NAN;
+    x[120 * K + 9] = NAN;
+    vf_quant_fault_spawn_at(2);
+    expect_first_error(VF_DTYPE_Q4, x, R, K, 6, VF_ERR_NONFINITE, "NaN at row 120, column 9");
+    vf_quant_fault_spawn_at(0);
+    free(one);
+    free(x);
+}
+
+/* How many threads: forced, from VF_QUANT_THREADS, automatic, and never for
+ * small tensors unless forced. */
+static void test_threads_count(void)
+{
+    const char *was = getenv("VF_QUANT_THREADS");
+    char *saved = was ? strdup(was) : NULL;
+    unsetenv("VF_QUANT_THREADS");
+    int cpus = vf_quant_threads(1280, 11520);
+    CHECK(cpus >= 1 && cpus <= VF_QUANT_AUTO_THREADS);
+    CHECK(vf_quant_threads(100, 100) == 1 && vf_quant_threads(1, 1 << 22) == 1);
+    setenv("VF_QUANT_THREADS", "3", 1);
+    CHECK(vf_quant_threads(1280, 11520) == 3);
+    CHECK(vf_quant_threads(4, 65535) == 1);       /* under VF_QUANT_PAR_MIN values */
+    CHECK(vf_quant_threads(2, 1 << 17) == 2);     /* VF_QUANT_PAR_MIN values, 2 rows */
+    setenv("VF_QUANT_THREADS", "8", 1);
+    CHECK(vf_quant_threads(1024, 256) == 4);      /* at least VF_QUANT_PAR_MIN / 4 values a thread */
+    CHECK(vf_quant_threads(5, 1 << 20) == 5);     /* no more threads than rows */
+    setenv("VF_QUANT_THREADS", "1", 1);
+    CHECK(vf_quant_threads(1280, 11520) == 1);
+    setenv("VF_QUANT_THREADS", "1000", 1);
+    CHECK(vf_quant_threads(1280, 11520) == VF_QUANT_MAX_THREADS);
+    static const char *const invalid[] = {"", "0", "-2", "abc", "3x", " ", "99999999999999999999999"};
+    for (size_t i = 0; i < sizeof invalid / sizeof invalid[0]; i++) {
+        setenv("VF_QUANT_THREADS", invalid[i], 1);
+        CHECK_MSG(vf_quant_threads(1280, 11520) == cpus, "VF_QUANT_THREADS='%s' is not ignored", invalid[i]);
+    }
+    vf_quant_set_threads(5);
+    CHECK(vf_quant_threads(10, 16) == 5 && vf_quant_threads(3, 16) == 3 && vf_quant_threads(1, 16) == 1);
+    vf_quant_set_threads(1000);
+    CHECK(vf_quant_threads(1000, 16) == VF_QUANT_MAX_THREADS);
+    vf_quant_set_threads(0);
+    CHECK(vf_quant_threads(1280, 11520) == cpus);
+    if (saved)
+        setenv("VF_QUANT_THREADS", saved, 1);
+    else
+        unsetenv("VF_QUANT_THREADS");
+    free(saved);
 }
 
 /* ---- checkpoints ------------------------------------------------------------------- */
@@ -993,7 +1168,8 @@ static void test_demo_psnr(void)
 }
 
 TEST_MAIN(TEST(test_packed_sizes), TEST(test_f8_codes), TEST(test_known_values), TEST(test_zeros_and_saturation),
-          TEST(test_nonfinite), TEST(test_error_bounds), TEST(test_row_slices), TEST(test_roundtrip_in_place), TEST(test_cpu_backend),
+          TEST(test_nonfinite), TEST(test_error_bounds), TEST(test_row_slices), TEST(test_roundtrip_in_place), TEST(test_threads_identical),
+          TEST(test_threads_first_error), TEST(test_threads_spawn_failure), TEST(test_threads_count), TEST(test_cpu_backend),
           TEST(test_checkpoint_roundtrip), TEST(test_unet_quality_sd15), TEST(test_unet_quality_sdxl),
           TEST(test_unet_quality_synth_sdxl),
           TEST(test_errors), TEST(test_nonfinite_weight), TEST(test_bad_metadata), TEST(test_alloc_failures),
