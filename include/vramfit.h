@@ -635,10 +635,29 @@ VF_API vf_status vf_model_get_plan(vf_model *m, const vf_plan **out);
  * capacity is VF_ERR_BUDGET, with both sizes in the message. A failed load leaves
  * the pool as it was.
  *
- * What moves today: the pool is the accounting and the policy. Weights are moved
- * by the memory manager's residency layer, which plugs into the pool (the mover
- * interface of src/mem/pool.h); until one is plugged in, a load changes the
- * pool's account of where the model is and reads no weights.
+ * Weights move when the pool has a device (vf_pool_options.pipeline): each
+ * checkpoint is opened (once, on its first load) with those pipeline options,
+ * and its tier is where its weights are:
+ *   DISK    nothing held; the model stays open (headers only)
+ *   HOST    every block's image as the device takes it (compute dtype, filter
+ *           layout, packed weights, LoRAs merged) in pageable RAM
+ *   PINNED  the same in page-locked RAM: promotion to DEVICE then runs at
+ *           link speed, with no checkpoint read and no conversion
+ *   DEVICE  loaded on the device as its plan places it (vf_model_load); the
+ *           host keeps only the blocks the device does not (streamed ones)
+ * Demotion from DEVICE copies the resident blocks back from the device
+ * rather than reading the file again. vf_pool_model hands out the pool's open
+ * model to generate with; every stage of a generation first asks the pool to
+ * bring the model to its top tier (DEVICE; HOST on the cpu device), so a model
+ * demoted since comes back through the pool's eviction. On the cpu device
+ * HOST and PINNED hold the float32 conversions and DEVICE is unsupported. The
+ * pool's sizes stay the stored bytes of the headers (exact and
+ * comparable between models), whatever image dtype the device uses.
+ * Without a device the pool is the accounting and the policy only: a load
+ * changes where the pool says the model is and reads no weights. LoRAs are
+ * accounted for only (their factors live with the model that adds them).
+ * Models of one pool are used from one thread at a time: an eviction frees
+ * the weights of the model it demotes.
  *
  * Registry file (vf_pool_load_registry), JSON:
  *
@@ -674,6 +693,9 @@ typedef struct vf_pool_options {
     uint64_t pinned_capacity;         /* bytes of the host capacity that may be PINNED
                                          (default unlimited; 0: no pinned tier)     */
     vf_eviction_policy eviction;      /* default VF_EVICT_LRU                      */
+    /* NULL (default): accounting only. Else the options every checkpoint is
+     * opened with (device, budget, offload, dtype policy; copied at create). */
+    const struct vf_pipeline_options *pipeline;
 } vf_pool_options;
 
 typedef struct vf_pool_model_info {
@@ -717,6 +739,12 @@ VF_API vf_status vf_pool_load_registry(vf_pool *p, const char *path);
  * a model already in that tier or a higher one stays where it is. Counts a use.
  * An unknown id is VF_ERR_NOT_FOUND naming it. */
 VF_API vf_status vf_pool_load(vf_pool *p, const char *id, vf_tier tier);
+/* The pool's open model of a checkpoint (pool with a device only), brought to
+ * its top tier (DEVICE; HOST on the cpu) as vf_pool_load does. The pool owns
+ * it: valid until vf_pool_free, never closed by the caller. Generate with it
+ * as with any model. VF_ERR_NOT_FOUND for an unknown id, VF_ERR_INVALID_ARG for
+ * a LoRA's id or a pool without a device. */
+VF_API vf_status vf_pool_model(vf_pool *p, const char *id, vf_model **out);
 /* Back to DISK only (no-op when it is there); its use history is kept. */
 VF_API vf_status vf_pool_unload(vf_pool *p, const char *id);
 /* *loaded = 1 while the model is in any tier above DISK. */

@@ -146,3 +146,24 @@ def test_pipeline_from_a_pool_id(tiny):
     pipe.generate("a cat", steps=1, seed=0)
     assert pool.info("tiny")["uses"] == uses + 1
     pipe.close()
+
+
+def test_a_pool_with_a_device_moves_weights(tiny):
+    """device= makes the pool hold weights: pipelines from its ids share its models."""
+    s = _size(tiny, "sd15")
+    pool = vramfit.ModelPool(max_size_gb=f"{s * 3 // 2}B", device="sim,context=1M")
+    pool.register("a", tiny["sd15"])
+    pool.register("b", tiny["sd15"])
+    want = vramfit.IntelligentGenerationPipeline(tiny["sd15"]).generate("a cat", steps=2, seed=3)
+    a = vramfit.IntelligentGenerationPipeline("a", pool=pool)
+    b = vramfit.IntelligentGenerationPipeline("b", pool=pool)   # a is demoted to pinned memory
+    assert a.device == "sim" and a.is_loaded
+    assert pool.info("a")["tier"] is Tier.PINNED and pool.info("b")["tier"] is Tier.DEVICE
+    # a generates: back on the device through the pool, b demoted, same image as the CPU
+    assert a.generate("a cat", steps=2, seed=3).rgb == want.rgb
+    assert pool.info("a")["tier"] is Tier.DEVICE and pool.info("b")["tier"] is Tier.PINNED
+    assert pool.usage()["evictions"] == 2
+    a.close()   # the pool's model: closing the pipeline leaves it to the pool
+    assert pool.is_loaded("a")
+    b.close()
+    pool.close()

@@ -220,7 +220,8 @@ class vf_component_placement(Structure):
 
 class vf_pool_options(Structure):
     _fields_ = [("device_capacity", c_uint64), ("host_capacity", c_uint64),
-                ("pinned_capacity", c_uint64), ("eviction", c_int)]
+                ("pinned_capacity", c_uint64), ("eviction", c_int),
+                ("pipeline", c_void_p)]
 
 
 class vf_pool_model_info(Structure):
@@ -345,6 +346,7 @@ _PROTOTYPES = {
     "vf_pool_count": (c_size_t, [_P]),
     "vf_pool_info_at": (_status, [_P, c_size_t, POINTER(vf_pool_model_info)]),
     "vf_pool_get_usage": (_status, [_P, POINTER(vf_pool_usage)]),
+    "vf_pool_model": (_status, [_P, c_char_p, _PP]),
     "vf_model_add_lora": (_status, [_P, c_char_p, c_float, POINTER(vf_lora_info)]),
     "vf_model_add_pool_lora": (_status, [_P, _P, c_char_p, c_float, POINTER(vf_lora_info)]),
     "vf_model_set_lora_strength": (_status, [_P, c_int, c_float]),

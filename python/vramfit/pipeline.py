@@ -247,6 +247,7 @@ class IntelligentGenerationPipeline(_lib.Owned):
                  dtype_policy=DTypePolicy.AUTO, pool=None, tokenizer=None, config=None,
                  device=None, backend=None):
         self._h = None
+        self._borrowed = False
         self._lora_sources = {}
         self.model_id = str(model_id_or_path)
         self.pool = pool
@@ -257,6 +258,13 @@ class IntelligentGenerationPipeline(_lib.Owned):
         else:
             self._pool_id = None
         self.path = os.fspath(path)
+        if self._pool_id is not None and getattr(pool, "device", None) is not None:
+            # The pool moves weights: generate with its own model (its device and
+            # options are the pool's), which goes back to the device through the
+            # pool before every stage.
+            self._h = pool._model(self._pool_id)
+            self._borrowed = True
+            return
         po = _lib.vf_pipeline_options()
         C.vf_pipeline_options_init(ctypes.byref(po))
         dev = _lib.enc(device)
@@ -282,10 +290,11 @@ class IntelligentGenerationPipeline(_lib.Owned):
     # ---- handle -------------------------------------------------------------------
 
     def _free(self, h):
-        C.vf_model_close(h)
+        if not self._borrowed:
+            C.vf_model_close(h)
 
     def _pool_use(self):
-        if self._pool_id is not None:
+        if self._pool_id is not None and not self._borrowed:
             tier = Tier.HOST if self.device == "cpu" else Tier.DEVICE
             self.pool.load(self._pool_id, tier)
 

@@ -9,7 +9,7 @@ import ctypes
 
 from . import _lib
 from ._lib import C
-from .enums import EvictionPolicy, Tier
+from .enums import DTypePolicy, EvictionPolicy, OffloadStrategy, Tier
 
 
 def size_bytes(value, what):
@@ -35,16 +35,33 @@ class ModelPool(_lib.Owned):
     capacity; pinned_size_gb: the part of it that may be pinned. A model
     evicted from the device is demoted (to pinned or host memory if those
     capacities allow, else to disk only); is_loaded is true in any tier above disk.
+
+    device: None (default) keeps the accounting only; "cpu", "sim[...]" or "cuda"
+    makes the pool move weights (each checkpoint opened on that device with
+    max_vram_usage_gb, offload_strategy and dtype_policy; see vf_pool_options):
+    pipelines made from a pool id then generate with the pool's own model.
     """
 
     def __init__(self, max_size_gb=None, eviction_policy=EvictionPolicy.LRU, host_size_gb=None,
-                 pinned_size_gb=None):
+                 pinned_size_gb=None, device=None, max_vram_usage_gb=None,
+                 offload_strategy=OffloadStrategy.AUTO, dtype_policy=DTypePolicy.AUTO):
         o = _lib.vf_pool_options()
         C.vf_pool_options_init(ctypes.byref(o))
         o.device_capacity = size_bytes(max_size_gb, "max_size_gb")
         o.host_capacity = size_bytes(host_size_gb, "host_size_gb")
         o.pinned_capacity = size_bytes(pinned_size_gb, "pinned_size_gb")
         o.eviction = int(EvictionPolicy.parse(eviction_policy))
+        self.device = device
+        if device is not None:
+            po = _lib.vf_pipeline_options()
+            C.vf_pipeline_options_init(ctypes.byref(po))
+            dev = _lib.enc(device)
+            po.device = dev
+            po.vram_budget = (0 if max_vram_usage_gb is None
+                              else size_bytes(max_vram_usage_gb, "max_vram_usage_gb"))
+            po.offload = int(OffloadStrategy.parse(offload_strategy))
+            po.dtype_policy = int(DTypePolicy.parse(dtype_policy))
+            o.pipeline = ctypes.cast(ctypes.pointer(po), ctypes.c_void_p)  # copied by vf_pool_create
         h = ctypes.c_void_p()
         _lib.check(C.vf_pool_create(ctypes.byref(o), ctypes.byref(h)))
         self._h = h
@@ -66,6 +83,12 @@ class ModelPool(_lib.Owned):
     def load(self, model_id, tier=Tier.DEVICE):
         """Makes the model resident in tier (default the device), evicting by the policy."""
         _lib.check(C.vf_pool_load(self._handle(), _lib.enc(model_id), int(Tier.parse(tier))))
+
+    def _model(self, model_id):
+        """The pool's own model handle (vf_pool_model): borrowed, valid while the pool is."""
+        h = ctypes.c_void_p()
+        _lib.check(C.vf_pool_model(self._handle(), _lib.enc(model_id), ctypes.byref(h)))
+        return h
 
     def unload(self, model_id):
         _lib.check(C.vf_pool_unload(self._handle(), _lib.enc(model_id)))

@@ -14,6 +14,11 @@
  * still counted while victims are placed, because that is the order in which
  * real memory is freed and filled.
  *
+ * With a device (options.pipeline) a checkpoint's moves go to the pipeline's
+ * data path (pipeline/hold.c): the pool opens the model on its first load,
+ * keeps it open until the pool is freed, and each move makes the weights be
+ * in the new tier; a test's mover (mem/pool.h) handles everything else.
+ *
  * Sizes come from the headers at registration (vf_model_open binds every block
  * list, so a checkpoint's size is exactly the tensors inference uses), with no
  * lock held; only the final insertion takes the lock, so reading headers never
@@ -29,12 +34,15 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #define ID_MAX 255
 
 typedef struct pool_model {
     char *id;
     char *path;                   /* NULL for a model registered by size      */
+    char *config;                 /* its config folder (registry), or NULL    */
+    vf_model *model;              /* opened on its first move (with a device) */
     vf_pool_kind kind;
     uint64_t comp[VF_COMPONENT_COUNT];
     uint64_t bytes;
@@ -50,6 +58,9 @@ struct vf_pool {
     pthread_mutex_t mu;
     vf_pool_options opt;
     vf_pool_mover mover;
+    int weights;                  /* a device: checkpoints' weights move      */
+    vf_pipeline_options popt;     /* their options (device points at spec)    */
+    char *spec;
     pool_model *m;
     size_t n, cap;
     uint64_t clock;               /* logical time of uses                     */
@@ -131,9 +142,12 @@ static vf_status not_found(const char *id)
 
 static void entry_free(pool_model *e)
 {
+    vf_model_close(e->model);
     vf_free(e->id);
     vf_free(e->path);
-    e->id = e->path = NULL;
+    vf_free(e->config);
+    e->id = e->path = e->config = NULL;
+    e->model = NULL;
 }
 
 /* ---- sizes from headers ------------------------------------------------------ */
@@ -188,7 +202,8 @@ static vf_status make_entry(const char *id, const char *path, const char *config
         return st;
     e->id = vf_strdup(id);
     e->path = vf_strdup(path);
-    if (!e->id || !e->path) {
+    e->config = config ? vf_strdup(config) : NULL;
+    if (!e->id || !e->path || (config && !e->config)) {
         entry_free(e);
         return VF_ERR_NO_MEMORY;
     }
@@ -272,6 +287,19 @@ vf_status vf_pool_create(const vf_pool_options *o, vf_pool **out)
         return vf_error(VF_ERR_INTERNAL, "vf_pool_create: cannot create the pool's lock");
     }
     p->opt = *o;
+    p->opt.pipeline = NULL;
+    if (o->pipeline) {
+        p->weights = 1;
+        p->popt = *o->pipeline;
+        p->spec = vf_strdup(o->pipeline->device ? o->pipeline->device : "cpu");
+        p->popt.device = p->spec;
+        p->opt.pipeline = &p->popt;
+        if (!p->spec) {
+            pthread_mutex_destroy(&p->mu);
+            vf_free(p);
+            return vf_error_prefix(VF_ERR_NO_MEMORY, "vf_pool_create");
+        }
+    }
     *out = p;
     return VF_OK;
 }
@@ -285,12 +313,15 @@ void vf_pool_free(vf_pool *p)
     for (size_t i = 0; i < p->n; i++) {
         pool_model *m = &p->m[i];
         vf_pool_move mv = {m->id, m->path, m->kind, m->bytes, m->tier, VF_TIER_DISK};
-        if (m->tier != VF_TIER_DISK && p->mover.demote)
+        if (m->model)
+            (void)vf_pool_hold_model(m->model, m->tier, VF_TIER_DISK);
+        else if (m->tier != VF_TIER_DISK && p->mover.demote)
             (void)p->mover.demote(p->mover.user, &mv);
     }
     for (size_t i = 0; i < p->n; i++)
         entry_free(&p->m[i]);
     vf_free(p->m);
+    vf_free(p->spec);
     pthread_mutex_destroy(&p->mu);
     vf_free(p);
 }
@@ -593,13 +624,36 @@ static vf_status plan_load(vf_pool *p, size_t i, vf_tier to, int *nseq)
 
 /* ---- carrying a plan out -------------------------------------------------------- */
 
+static vf_status pool_hook(void *pool, const char *id);
+
+/* The tier a model is generated from: the device, or host memory on the cpu. */
+static vf_tier top_tier(const vf_pool *p)
+{
+    return strncasecmp(p->spec, "cpu", 3) == 0 ? VF_TIER_HOST : VF_TIER_DEVICE;
+}
+
+/* The weights of checkpoint m into tier to (pipeline/hold.c), the model
+ * opened first when this is its first move. */
+static vf_status hold(vf_pool *p, pool_model *m, vf_tier to)
+{
+    if (!m->model) {
+        VF_TRY(vf_pool_open_model(m->path, m->config, &p->popt, &m->model));
+        vf_pool_attach_model(m->model, pool_hook, p, m->id);
+    }
+    return vf_pool_hold_model(m->model, m->tier, to);
+}
+
 static vf_status move(vf_pool *p, pool_model *m, vf_tier to)
 {
     if (m->tier == to)
         return VF_OK;
     vf_pool_move mv = {m->id, m->path, m->kind, m->bytes, m->tier, to};
     vf_status (*fn)(void *, const vf_pool_move *) = to > m->tier ? p->mover.promote : p->mover.demote;
-    vf_status st = fn ? fn(p->mover.user, &mv) : VF_OK;
+    vf_status st = VF_OK;
+    if (p->weights && m->kind == VF_POOL_CHECKPOINT && m->path)
+        st = hold(p, m, to);
+    else if (fn)
+        st = fn(p->mover.user, &mv);
     if (st == VF_OK)
         m->tier = to;
     return st;
@@ -718,6 +772,35 @@ vf_status vf_pool_load(vf_pool *p, const char *id, vf_tier tier)
     pthread_mutex_lock(&p->mu);
     int i = find(p, id);
     vf_status st = i < 0 ? not_found(id) : load_locked(p, (size_t)i, tier);
+    pthread_mutex_unlock(&p->mu);
+    return st;
+}
+
+/* A stage of a generation with a pool's model: back to the top tier first. */
+static vf_status pool_hook(void *pool, const char *id)
+{
+    vf_pool *p = pool;
+    return vf_pool_load(p, id, top_tier(p));
+}
+
+vf_status vf_pool_model(vf_pool *p, const char *id, vf_model **out)
+{
+    if (!p || !id || !out)
+        return vf_error(VF_ERR_INVALID_ARG, "vf_pool_model: pool, id or output is NULL");
+    *out = NULL;
+    if (!p->weights)
+        return vf_error(VF_ERR_INVALID_ARG, "vf_pool_model: model '%s': the pool has no device "
+                        "(vf_pool_options.pipeline) and holds no weights", id);
+    pthread_mutex_lock(&p->mu);
+    int i = find(p, id);
+    vf_status st = i < 0 ? not_found(id) : VF_OK;
+    if (st == VF_OK && (p->m[i].kind != VF_POOL_CHECKPOINT || !p->m[i].path))
+        st = vf_error(VF_ERR_INVALID_ARG, "vf_pool_model: '%s' is a %s, not a checkpoint file", id,
+                      p->m[i].path ? vf_pool_kind_name(p->m[i].kind) : "model registered by size");
+    if (st == VF_OK)
+        st = load_locked(p, (size_t)i, top_tier(p));
+    if (st == VF_OK)
+        *out = p->m[i].model;
     pthread_mutex_unlock(&p->mu);
     return st;
 }

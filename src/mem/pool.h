@@ -46,4 +46,13 @@ vf_status vf_pool_set_mover(vf_pool *p, const vf_pool_mover *mv);
 vf_status vf_pool_register_sized(vf_pool *p, const char *id, vf_pool_kind kind,
                                  const uint64_t bytes[VF_COMPONENT_COUNT]);
 
+/* The data path of a pool with a device, implemented by the pipeline
+ * (pipeline/hold.c) so that the pool needs nothing of a model's insides:
+ * open a checkpoint with the pool's pipeline options, move its weights
+ * between tiers (vf_model_hold), and let its stages call back into the pool
+ * (hook(pool, id) before each stage, except while the pool moves it). */
+vf_status vf_pool_open_model(const char *path, const char *config, const vf_pipeline_options *o, vf_model **out);
+vf_status vf_pool_hold_model(vf_model *m, vf_tier from, vf_tier to);
+void vf_pool_attach_model(vf_model *m, vf_status (*hook)(void *pool, const char *id), void *pool, const char *id);
+
 #endif

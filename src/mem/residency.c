@@ -47,6 +47,7 @@ typedef struct block_state {
     int has_off, loaded;
     void *host;           /* HOST/PINNED: the float32 host copy          */
     int host_ready;       /* converted                                   */
+    int host_borrowed;    /* host is a store entry, not ours             */
     int slot;             /* streamed: ring slot holding it, or -1       */
     int spos;             /* streamed: position in the stream, or -1     */
     int trace_at;         /* trace entry of the open acquire, or -1      */
@@ -379,6 +380,11 @@ static void sync_all(vf_residency *r)
 static void free_host_copy(vf_residency *r, block_state *s)
 {
     s->host_ready = 0;
+    if (s->host_borrowed) {
+        s->host = NULL;
+        s->host_borrowed = 0;
+        return;
+    }
     if (!s->host)
         return;
     if (s->home == VF_TIER_PINNED)
@@ -408,15 +414,41 @@ static vf_status alloc_host(vf_residency *r, int b)
     return VF_OK;
 }
 
-/* The HOST/PINNED float32 copy of block b, converted once. */
+/* The store's image of block b in this residency's format, or NULL;
+ * *pinned (may be NULL) says whether it is page-locked. */
+static const void *stored(const vf_residency *r, int b, int *pinned)
+{
+    if (!r->opt.store)
+        return NULL;
+    vf_store_format f = {r->opt.image_dtype, r->opt.image_ohwi, image_quant(r)};
+    return vf_host_store_get(r->opt.store, r->opt.store_comp, b, &f, r->blocks[b].img, pinned);
+}
+
+/* Block b's image into dst: from the store when it holds it, else converted. */
+static vf_status fill_image(vf_residency *r, int b, void *dst)
+{
+    const void *src = stored(r, b, NULL);
+    if (!src)
+        return convert(r, b, dst, NULL);
+    memcpy(dst, src, (size_t)r->blocks[b].img);
+    return VF_OK;
+}
+
+/* The HOST/PINNED host copy of block b, made once. */
 static vf_status ensure_host(vf_residency *r, int b)
 {
     block_state *s = &r->blocks[b];
     if (s->host_ready || s->home == VF_TIER_DISK)
         return VF_OK;
+    if (!s->host && s->home == VF_TIER_HOST && stored(r, b, NULL)) {
+        s->host = (void *)stored(r, b, NULL); /* pageable either way: borrowed as it is */
+        s->host_borrowed = 1;
+        s->host_ready = 1;
+        return VF_OK;
+    }
     if (!s->host)
         VF_TRY(alloc_host(r, b));
-    vf_status st = convert(r, b, s->host, NULL);
+    vf_status st = fill_image(r, b, s->host);
     if (st != VF_OK)
         return vf_error_prefix(st, "host copy of block '%s'", r->bl->blocks[b].name);
     s->host_ready = 1;
@@ -430,12 +462,13 @@ static vf_status load_resident(vf_residency *r, int b)
     if (s->loaded)
         return VF_OK;
     void *dev = vf_arena_ptr(r->arena, s->off);
-    void *tmp = s->img <= SIZE_MAX ? vf_malloc((size_t)(s->img ? s->img : 1)) : NULL;
-    vf_status st = tmp ? VF_OK : VF_ERR_NO_MEMORY;
-    if (st == VF_OK)
+    const void *src = stored(r, b, NULL);
+    void *tmp = src || s->img > SIZE_MAX ? NULL : vf_malloc((size_t)(s->img ? s->img : 1));
+    vf_status st = src || tmp ? VF_OK : VF_ERR_NO_MEMORY;
+    if (st == VF_OK && !src)
         st = convert(r, b, tmp, NULL);
     if (st == VF_OK)
-        st = vf_device_h2d(r->dev, dev, tmp, s->img);
+        st = vf_device_h2d(r->dev, dev, src ? src : tmp, s->img);
     vf_free(tmp);
     if (st != VF_OK)
         return vf_error_prefix(st, "loading block '%s' onto %s", r->bl->blocks[b].name,
@@ -472,7 +505,9 @@ static vf_status issue(vf_residency *r, int b, int k)
         (void)vf_device_event_wait(r->dev, sl->done);
     empty_slot(r, sl);
     const void *src = s->host;
-    if (s->home == VF_TIER_DISK) {
+    if (s->home == VF_TIER_DISK && stored(r, b, NULL)) {
+        src = stored(r, b, NULL);
+    } else if (s->home == VF_TIER_DISK) {
         VF_TRY(convert(r, b, sl->bounce, NULL));
         src = sl->bounce;
     } else {
@@ -733,8 +768,15 @@ static vf_status setup_resident(vf_residency *r)
 {
     for (int b = 0; b < r->bl->nblocks; b++) {
         block_state *s = &r->blocks[b];
-        if (s->home == VF_TIER_PINNED)
+        int pinned = 0;
+        const void *img = s->home == VF_TIER_PINNED ? stored(r, b, &pinned) : NULL;
+        if (img && pinned) {
+            s->host = (void *)img; /* the store's page-locked image is the host copy */
+            s->host_borrowed = 1;
+            s->host_ready = 1;
+        } else if (s->home == VF_TIER_PINNED) {
             VF_TRY(alloc_host(r, b));
+        }
         if (s->home != VF_TIER_DEVICE)
             continue;
         int nw = r->bl->blocks[b].nw;
@@ -948,6 +990,68 @@ uint64_t vf_residency_drop_cache(vf_residency *r)
             free_host_copy(r, s);
     }
     return before - r->host_bytes;
+}
+
+/* Block b's image into dst taken from a live residency when it has it:
+ * 1 when copied, 0 when it has nothing for b. */
+static int copy_from_live(vf_residency *live, int b, void *dst, vf_status *st)
+{
+    block_state *s = &live->blocks[b];
+    *st = VF_OK;
+    if (s->home == VF_TIER_DEVICE && s->loaded) {
+        *st = vf_device_d2h(live->dev, dst, vf_arena_ptr(live->arena, s->off), s->img);
+        return 1;
+    }
+    if (s->host && s->host_ready) {
+        memcpy(dst, s->host, (size_t)s->img);
+        return 1;
+    }
+    return 0;
+}
+
+vf_status vf_residency_store_fill(const vf_checkpoint *ck, const vf_blocklist *bl, const vf_residency_options *o,
+                                  vf_residency *live)
+{
+    if (!o->store || !o->device || vf_device_is_host(o->device))
+        return vf_error(VF_ERR_INTERNAL, "residency: filling a store needs a store and a device");
+    /* A residency that is never set up: what convert() needs of one. */
+    vf_residency tmp;
+    memset(&tmp, 0, sizeof tmp);
+    tmp.ck = ck;
+    tmp.bl = bl;
+    tmp.opt = *o;
+    tmp.dev = o->device;
+    vf_store_format f = {o->image_dtype, o->image_ohwi, o->quant};
+    if (live && (live->bl != bl || !live->dev || live->opt.image_dtype != f.image ||
+                 !live->opt.image_ohwi != !f.ohwi || live->opt.quant != f.quant))
+        live = NULL;
+    for (int b = 0; b < bl->nblocks; b++) {
+        uint64_t img = vf_residency_block_stored_bytes(bl, b, f.image, f.quant);
+        if (vf_host_store_get(o->store, o->store_comp, b, &f, img, NULL))
+            continue;
+        void *dst;
+        VF_TRY(vf_host_store_alloc(o->store, o->store_comp, b, &f, img, &dst));
+        vf_status st;
+        if (!live || !copy_from_live(live, b, dst, &st))
+            st = convert(&tmp, b, dst, NULL);
+        if (st != VF_OK) {
+            vf_host_store_drop(o->store, o->store_comp, b);
+            return vf_error_prefix(st, "keeping block '%s' in host memory", bl->blocks[b].name);
+        }
+        vf_host_store_commit(o->store, o->store_comp, b);
+    }
+    return VF_OK;
+}
+
+void vf_residency_store_trim(vf_residency *r)
+{
+    if (!r || !r->opt.store || !on_device(r))
+        return;
+    for (int b = 0; b < r->bl->nblocks; b++) {
+        const block_state *s = &r->blocks[b];
+        if (s->home == VF_TIER_DEVICE && s->loaded)
+            vf_host_store_drop(r->opt.store, r->opt.store_comp, b);
+    }
 }
 
 uint64_t vf_residency_host_bytes(const vf_residency *r) { return r->host_bytes; }

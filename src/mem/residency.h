@@ -41,6 +41,7 @@
 
 #include "mem/arena.h"
 #include "mem/device.h"
+#include "mem/host_store.h"
 #include "model/blocks.h"
 
 typedef struct vf_residency vf_residency;
@@ -85,6 +86,13 @@ typedef struct vf_residency_options {
                                      NULL: block-list order                               */
     vf_residency_trace *trace;    /* NULL, or trace_cap entries filled per acquire        */
     int trace_cap;
+    /* Device path: block images held across residencies (mem/host_store.h),
+     * read before the checkpoint when they match this residency's format:
+     * resident blocks are copied to the arena from them, HOST copies and DISK
+     * blocks stream from them, and a PINNED home uses a pinned entry as its
+     * host copy (a pageable one is copied into its own). NULL: none. */
+    vf_host_store *store;
+    int store_comp;               /* the component the blocks belong to (the store's key) */
 } vf_residency_options;
 
 void vf_residency_options_init(vf_residency_options *o);
@@ -110,6 +118,17 @@ vf_status vf_residency_load(vf_residency *r);
  * PINNED copies: page-locked memory is taken at creation, as part of the
  * plan. Returns the bytes freed. The monitor's clear_cache calls it. */
 uint64_t vf_residency_drop_cache(vf_residency *r);
+/* Makes the store (o->store, required) hold every block's image in the
+ * format o describes: blocks it holds already are skipped; with a live
+ * residency of the same blocks and format, its loaded resident blocks are
+ * copied back from the device and its host copies are copied; everything else
+ * is read and converted from ck. On failure the entries made so far stay
+ * (each is complete). */
+vf_status vf_residency_store_fill(const vf_checkpoint *ck, const vf_blocklist *bl, const vf_residency_options *o,
+                                  vf_residency *live);
+/* Drops the store entries of r's loaded resident blocks (the device holds
+ * them); entries r borrows as host copies stay. */
+void vf_residency_store_trim(vf_residency *r);
 /* Arena bytes held (resident blocks + ring). */
 uint64_t vf_residency_device_bytes(const vf_residency *r);
 /* Acquires recorded in the trace so far. */

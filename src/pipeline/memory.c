@@ -730,11 +730,26 @@ static vf_status ensure_plan(vf_model *m, const vf_mm_request *rq)
 
 vf_status vf_mm_prepare(vf_model *m, const vf_mm_request *rq)
 {
+    if (m->pool_hook && !m->pool_busy)
+        VF_TRY(m->pool_hook(m->pool, m->pool_id));
     VF_TRY(ensure_plan(m, rq));
     vf_status st = reserve_arena(m);
     if (st != VF_OK && device_failure(m, st))
         st = recover(m);
     return st;
+}
+
+void vf_mm_device_options(vf_model *m, vf_component c, vf_residency_options *o)
+{
+    vf_mm *mm = &m->mm;
+    vf_residency_options_init(o);
+    o->quant = component_quant(mm, c);
+    vf_model_lora_patch(m, c, o);      /* LoRAs merge as weights convert (pipeline/lora.c) */
+    o->device = mm->dev;
+    o->image_dtype = mm->image_dtype;
+    o->image_ohwi = mm->cuda && vf_be_info(m->be)->filter_layout == VF_FILTER_OHWI;
+    o->store = mm->store;
+    o->store_comp = (int)c;
 }
 
 static vf_status create_component(vf_model *m, vf_component c)
@@ -748,6 +763,9 @@ static vf_status create_component(vf_model *m, vf_component c)
     o.quant = component_quant(mm, c);
     vf_model_lora_patch(m, c, &o);     /* LoRAs merge as weights convert (pipeline/lora.c) */
     if (mc->on_device) {
+        vf_mm_device_options(m, c, &o);
+        o.trace = mm->trace[c];
+        o.trace_cap = mm->trace_cap[c];
         VF_TRY(reserve_arena(m));
         char what[64];
         snprintf(what, sizeof what, "activations of %s", vf_component_name(c));
@@ -755,12 +773,9 @@ static vf_status create_component(vf_model *m, vf_component c)
             VF_TRY(vf_arena_alloc(mm->arena, mc->act, what, &mc->act_off));
             mc->has_act = 1;
         }
-        o.device = mm->dev;
         o.arena = mm->arena;
         o.home = mc->home;
         o.ring_depth = mc->ring_depth ? mc->ring_depth : 1;
-        o.image_dtype = mm->image_dtype;
-        o.image_ohwi = mm->cuda && vf_be_info(m->be)->filter_layout == VF_FILTER_OHWI;
     }
     vf_status st = vf_residency_create(m->ck, &m->bl[c], &o, &m->res[c]);
     if (st != VF_OK) {
@@ -801,6 +816,8 @@ void vf_mm_close(vf_model *m)
     vf_mm *mm = &m->mm;
     free_components(m, 1);
     free_arena(m);
+    vf_host_store_free(mm->store);
+    mm->store = NULL;
     comps_free(mm->comp);
     vf_plan_free(mm->plan);
     mm->plan = NULL;
@@ -816,7 +833,7 @@ int vf_model_is_loaded(const vf_model *m)
 {
     if (!m)
         return 0;
-    if (m->mm.arena)
+    if (m->mm.arena || vf_host_store_entries(m->mm.store) > 0)
         return 1;
     for (int c = 0; c < VF_COMPONENT_COUNT; c++) {
         if (m->res[c])
@@ -842,12 +859,18 @@ vf_status vf_model_load(vf_model *m)
     return VF_OK;
 }
 
+void vf_mm_release_device(vf_model *m)
+{
+    free_components(m, 1);
+    free_arena(m);
+}
+
 void vf_model_unload(vf_model *m)
 {
     if (!m)
         return;
-    free_components(m, 1);
-    free_arena(m);
+    vf_mm_release_device(m);
+    vf_host_store_clear(m->mm.store);
 }
 
 const char *vf_model_device_name(const vf_model *m)

@@ -57,6 +57,9 @@ typedef struct vf_mm {
     vf_mm_request key;            /* the plan's request                         */
     uint64_t planned_budget;      /* the budget the plan was made for           */
     vf_mm_comp comp[VF_COMPONENT_COUNT];
+    /* Block images kept in host memory between placements (the pool's
+     * HOST/PINNED tiers, pipeline/hold.c); NULL until first held. */
+    vf_host_store *store;
     uint64_t arena_need;          /* persistent + the largest per-stage need    */
     vf_arena *arena;
     int replans;                  /* re-plans after a device failure, so far    */
@@ -93,6 +96,15 @@ struct vf_model {
     /* LoRAs merged into weights as they are converted (pipeline/lora.c);
      * NULL until one is added. */
     struct vf_lora_set *loras;
+    /* Set by the model pool that owns the model (mem/pool.c): every stage
+     * first asks the pool to bring the model back to its top tier, so that a
+     * generation with a model the pool demoted goes through the pool's
+     * accounting and eviction. pool_busy: the pool is moving this model now
+     * (no call back into it). */
+    vf_status (*pool_hook)(void *pool, const char *id);
+    void *pool;
+    const char *pool_id;
+    int pool_busy;
 };
 
 /* The component's residency, created on first use as the model's plan places
@@ -125,6 +137,31 @@ int vf_mm_is_cuda_spec(const char *spec);
 /* The dtype policy plans are made with: a quantized policy as given, else
  * the device's compute dtype (F16 on CUDA, F32 on cpu and sim). */
 vf_dtype_policy vf_mm_plan_dtype_policy(const vf_mm *mm);
+/* Residency options for component c on the model's device, as its
+ * residencies are made (image dtype and layout, packed format, LoRA patch,
+ * store); home, ring and arena are the placement's and left unset. */
+void vf_mm_device_options(vf_model *m, vf_component c, vf_residency_options *o);
+/* Frees every residency and the arena, keeping the host store. */
+void vf_mm_release_device(vf_model *m);
+
+/* ---- the pool's data path (pipeline/hold.c) ---- */
+
+/* Makes the model's weights live in tier, as the model pool means it:
+ *   DISK    nothing held (vf_model_unload)
+ *   HOST    every block's device image in pageable memory (the host store),
+ *           nothing on the device
+ *   PINNED  the same in page-locked memory
+ *   DEVICE  vf_model_load (the plan's resident blocks in the arena, read from
+ *           the store when it holds them), the store keeping only what the
+ *           device does not (streamed and per-stage blocks)
+ * Going down from DEVICE copies resident blocks back from the device instead
+ * of reading the checkpoint. On the CPU (no device) HOST and PINNED are
+ * vf_model_load and DEVICE is VF_ERR_UNSUPPORTED. On failure the model is
+ * left in the tier it was in (from). */
+vf_status vf_model_hold(vf_model *m, vf_tier from, vf_tier tier);
+/* Bytes the host store holds. */
+uint64_t vf_model_held_host_bytes(const vf_model *m);
+
 /* Tokenizer 0 (tokenizer/) or 1 (tokenizer_2/), loaded on first use. */
 vf_status vf_model_tokenizer(vf_model *m, int which, vf_tokenizer **out);
 
