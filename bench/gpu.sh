@@ -34,6 +34,14 @@
 #                              (full and 2 GiB) against fp16.
 #   bench/gpu.sh final         full-GPU and 2 GiB rows with and without a LoRA,
 #                              q4 at 2 GiB and q8 resident.
+#   bench/gpu.sh lora          diffusers + PEFT references for the LoRA fixtures
+#                              on this GPU (fp16, bf16; tools/
+#                              make_lora_gpu_reference.py), then test_gpu_lora
+#                              against them and the CPU references.
+#   bench/gpu.sh pool          the model pool on the GPU (test_gpu_pool), with
+#                              SDXL's tier timings (synthesized if needed).
+#   bench/gpu.sh rows          q4 and q8 at 2 GiB (threaded quantize on load)
+#                              and the VAE alone, full and under 1 GiB.
 #   bench/gpu.sh train-demo    trains the demo model (tools/demo/train.py)
 #                              into $OUT/demo.
 #
@@ -49,17 +57,18 @@ if [ "$MODE" = "--prepare" ]; then
     set -e
     B=${VF_GPU_BUILD:-build-gpu-rel}
     cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release ${VF_CUDA_ARCHS:+-DCMAKE_CUDA_ARCHITECTURES=$VF_CUDA_ARCHS} >/dev/null
-    cmake --build "$B" -j2 --target vramfit_cli test_cuda_ops test_gpu_pipeline test_cuda_quant vramfit_cuda
+    cmake --build "$B" -j2 --target vramfit_cli test_cuda_ops test_gpu_pipeline test_cuda_quant test_gpu_lora \
+        test_gpu_pool vramfit_cuda
     rm -rf "$BIN" && mkdir -p "$BIN/whl"
     cp "$B/vramfit" "$B/tests/test_cuda_ops" "$B/tests/test_gpu_pipeline" "$B/tests/test_cuda_quant" \
-        "$B/libvramfit-cuda.so" "$BIN"/
+        "$B/tests/test_gpu_lora" "$B/tests/test_gpu_pool" "$B/libvramfit-cuda.so" "$BIN"/
     nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I src bench/flash_bench.cu -o "$BIN"/flash_bench || true
     libs=$(for f in "$BIN"/vramfit "$BIN"/test_*; do ldd "$f" | awk '/=>/ {print $3}'; done | sort -u |
            grep -vE '/(libc|libm|libgcc_s|ld-linux[^/]*|libpthread|libdl|librt)\.so')
     tar cJhf "$BIN/libs.tar.xz" --transform 's|.*/||' $libs
     tar cJf "$BIN/shared.tar.xz" -C ../shared reference/README.md reference/tiny-sd15 reference/tiny-sdxl
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 -d "$BIN/whl" diffusers importlib_metadata || true
+        --platform manylinux_2_28_x86_64 -d "$BIN/whl" diffusers importlib_metadata peft accelerate || true
     du -sh "$BIN"/*
     exit 0
 fi
@@ -80,7 +89,7 @@ if ! ldconfig -p | grep -q 'libcudnn.so.9 '; then
     d=$($PY -c 'import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], "lib"))' 2>/dev/null)
     [ -n "$d" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
 fi
-if ls "$BIN"/whl/*.whl >/dev/null 2>&1 && ! $PY -c 'import diffusers' 2>/dev/null; then
+if ls "$BIN"/whl/*.whl >/dev/null 2>&1 && ! $PY -c 'import diffusers, peft' 2>/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$T/site" "$BIN"/whl/*.whl &&
         export PYTHONPATH="$T/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
@@ -194,6 +203,44 @@ if [ "$MODE" = "final" ]; then
     budget_row 2G_lora --vram-budget 2G --lora /tmp/vf-lora.safetensors | tee -a "$OUT/final.txt"
     budget_row q4_2G --dtype q4 --vram-budget 2G | tee -a "$OUT/final.txt"
     budget_row q8_full --dtype q8 | tee -a "$OUT/final.txt"
+    exit 0
+fi
+
+if [ "$MODE" = "lora" ]; then
+    R=/tmp/vf-lora-gpu-ref
+    mkdir -p $R
+    for d in fp16 bf16; do
+        [ -f $R/sdxl_ref_cuda_$d.safetensors ] && continue
+        PYTHONUNBUFFERED=1 $PY tools/make_lora_gpu_reference.py --dtype $d --shared "$T" --data tests/data/lora \
+            --out $R 2>&1 | grep -vE 'Warning|warn\(' | tee -a "$OUT/lora_ref.log"
+    done
+    VF_TESTDATA=tests/data VF_LORA_GPU_REF=$R "$BIN/test_gpu_lora" 2>&1 | tee "$OUT/lora.log" | tail -60
+    exit 0
+fi
+
+if [ "$MODE" = "pool" ]; then
+    VF_TESTDATA=tests/data "$BIN/test_gpu_pool" 2>&1 | tee "$OUT/pool.log"
+    synth_sdxl
+    VF_GPU_SYNTH_SDXL=$SX "$BIN/test_gpu_pool" 2>&1 | grep -E 'SDXL|passed|FAIL|CHECK' | tee -a "$OUT/pool.log"
+    exit 0
+fi
+
+if [ "$MODE" = "rows" ]; then
+    synth_sdxl
+    echo "== rows: SDXL 1024x1024 CFG 5 (3 steps, medians of 2 runs)" | tee "$OUT/rows.txt"
+    budget_row full | tee -a "$OUT/rows.txt"
+    budget_row q8_2G --dtype q8 --vram-budget 2G | tee -a "$OUT/rows.txt"
+    s=$(date +%s%N)
+    budget_row q4_2G --dtype q4 --vram-budget 2G | tee -a "$OUT/rows.txt"
+    echo "q4 row (quantize on load included): $((($(date +%s%N) - s) / 1000000)) ms" | tee -a "$OUT/rows.txt"
+    grep -E '"load_s"' "$OUT/budget_q4_2G.json" | tee -a "$OUT/rows.txt"
+    echo "== the VAE alone, full and under 1 GiB" | tee -a "$OUT/rows.txt"
+    for b in "" "--vram-budget 1G"; do
+        "$BIN/vramfit" bench --model $SX --width 1024 --height 1024 --runs 3 --backend cuda:f16 --vae-only $b \
+            --json 2>&1 | grep -E '"(vae_ms|driver_peak_bytes|pool_peak_vae_bytes|strategy)"|error' |
+            tr -d '\n' | tee -a "$OUT/rows.txt"
+        echo | tee -a "$OUT/rows.txt"
+    done
     exit 0
 fi
 

@@ -446,6 +446,15 @@ vf_status vf_be_h2d_async(vf_backend *be, vf_dbuf *dst, const void *src, size_t 
     CALL(be, h2d_async, dst, src, bytes);
 }
 
+vf_status vf_be_d2h(vf_backend *be, void *dst, const vf_dbuf *src, size_t bytes)
+{
+    PTRS("d2h", dst, src);
+    if (bytes == 0)
+        return VF_OK;
+    be->d2h += bytes;
+    CALL(be, d2h, dst, src, bytes);
+}
+
 vf_status vf_be_copy(vf_backend *be, vf_dbuf *dst, const vf_dbuf *src, size_t n)
 {
     size_t bytes;

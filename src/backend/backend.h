@@ -166,6 +166,9 @@ vf_status vf_be_upload_conv_weight(vf_backend *be, vf_dbuf *dst, const void *src
  * the copy stream, vf_be_wait on the compute stream) before using dst. Pinned
  * src streams at full link speed; pageable src is staged by the driver. */
 vf_status vf_be_h2d_async(vf_backend *be, vf_dbuf *dst, const void *src, size_t bytes);
+/* Raw bytes device -> host, after the compute queued so far; returns when dst
+ * holds them (the memory manager copying resident weights back to the host). */
+vf_status vf_be_d2h(vf_backend *be, void *dst, const vf_dbuf *src, size_t bytes);
 /* Device -> device, n elements, on the compute stream. */
 vf_status vf_be_copy(vf_backend *be, vf_dbuf *dst, const vf_dbuf *src, size_t n);
 /* Waits for everything queued on both streams; reports asynchronous faults. */
@@ -283,7 +286,7 @@ void vf_conv_weight_to_ohwi(void *dst, const void *src, size_t esize, int OC, in
  * failure last_error(impl) gives the backend's message for the latest failure
  * (the wrappers above prefix it with the op's name). Dims were validated by
  * the wrappers (positive, products fit size_t, G divides C, ...). */
-#define VF_BACKEND_ABI 3
+#define VF_BACKEND_ABI 4
 
 typedef struct vf_backend_ops {
     int abi;                        /* VF_BACKEND_ABI                           */
@@ -342,6 +345,8 @@ typedef struct vf_backend_ops {
     vf_status (*dequant)(void *impl, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH,
                          int KW);
     void (*set_allocator)(void *impl, const vf_be_allocator *a);
+    /* ABI 4: raw device -> host bytes (weights demoted to host memory) */
+    vf_status (*d2h)(void *impl, void *dst, const void *src, size_t bytes);
 } vf_backend_ops;
 
 /* What the CPU backend and the plugin provide. */

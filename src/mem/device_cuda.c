@@ -54,9 +54,8 @@ static void cd_unreserve(void *impl, void *base) { vf_be_unreserve(be_of(impl), 
 
 static vf_status cd_copy_async(void *impl, void *dst, const void *src, uint64_t n, int to_device)
 {
-    if (!to_device)
-        return vf_error(VF_ERR_UNSUPPORTED, "cuda device: device-to-host copies go through the backend's "
-                        "download");
+    if (!to_device) /* synchronous: only demotions copy back, never a hot path */
+        return vf_be_d2h(be_of(impl), dst, (const vf_dbuf *)src, (size_t)n);
     return vf_be_h2d_async(be_of(impl), (vf_dbuf *)dst, src, (size_t)n);
 }
 

@@ -201,6 +201,7 @@ vf_status vf_host_store_set_pinned(vf_host_store *s, int pinned)
 }
 
 int vf_host_store_pinned(const vf_host_store *s) { return s->pinned; }
+void vf_host_store_prefer_pinned(vf_host_store *s, int pinned) { s->pinned = pinned; }
 uint64_t vf_host_store_bytes(const vf_host_store *s) { return s ? s->bytes : 0; }
 uint64_t vf_host_store_pinned_bytes(const vf_host_store *s) { return s ? s->pinned_bytes : 0; }
 int vf_host_store_entries(const vf_host_store *s) { return s ? s->entries : 0; }

@@ -58,6 +58,9 @@ void vf_host_store_drop(vf_host_store *s, int comp, int block);
  * so far stay moved, the rest stay where they were, and every entry is valid. */
 vf_status vf_host_store_set_pinned(vf_host_store *s, int pinned);
 int vf_host_store_pinned(const vf_host_store *s);
+/* The kind of memory new entries take, existing ones left where they are
+ * (for filling while residencies borrow entries). */
+void vf_host_store_prefer_pinned(vf_host_store *s, int pinned);
 
 /* Bytes held, and of those pinned; entries held. */
 uint64_t vf_host_store_bytes(const vf_host_store *s);

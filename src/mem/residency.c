@@ -470,6 +470,9 @@ static vf_status load_resident(vf_residency *r, int b)
     if (st == VF_OK)
         st = vf_device_h2d(r->dev, dev, src ? src : tmp, s->img);
     vf_free(tmp);
+    /* the device holds it now: the store keeps what the device does not */
+    if (st == VF_OK && src)
+        vf_host_store_drop(r->opt.store, r->opt.store_comp, b);
     if (st != VF_OK)
         return vf_error_prefix(st, "loading block '%s' onto %s", r->bl->blocks[b].name,
                                vf_device_name(r->dev));
@@ -1039,6 +1042,27 @@ vf_status vf_residency_store_fill(const vf_checkpoint *ck, const vf_blocklist *b
             return vf_error_prefix(st, "keeping block '%s' in host memory", bl->blocks[b].name);
         }
         vf_host_store_commit(o->store, o->store_comp, b);
+    }
+    return VF_OK;
+}
+
+vf_status vf_residency_store_save(vf_residency *r)
+{
+    if (!r || !r->opt.store || !on_device(r))
+        return VF_OK;
+    vf_store_format f = {r->opt.image_dtype, r->opt.image_ohwi, image_quant(r)};
+    for (int b = 0; b < r->bl->nblocks; b++) {
+        block_state *s = &r->blocks[b];
+        if (s->home != VF_TIER_DEVICE || !s->loaded || stored(r, b, NULL))
+            continue;
+        void *dst;
+        VF_TRY(vf_host_store_alloc(r->opt.store, r->opt.store_comp, b, &f, s->img, &dst));
+        vf_status st = vf_device_d2h(r->dev, dst, vf_arena_ptr(r->arena, s->off), s->img);
+        if (st != VF_OK) {
+            vf_host_store_drop(r->opt.store, r->opt.store_comp, b);
+            return vf_error_prefix(st, "keeping block '%s' in host memory", r->bl->blocks[b].name);
+        }
+        vf_host_store_commit(r->opt.store, r->opt.store_comp, b);
     }
     return VF_OK;
 }

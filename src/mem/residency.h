@@ -126,6 +126,12 @@ uint64_t vf_residency_drop_cache(vf_residency *r);
  * (each is complete). */
 vf_status vf_residency_store_fill(const vf_checkpoint *ck, const vf_blocklist *bl, const vf_residency_options *o,
                                   vf_residency *live);
+/* Copies r's loaded resident blocks back from the device into its store
+ * (those it lacks), so that a new residency of the same format, made for a
+ * new placement, loads them from there instead of the checkpoint. A resident
+ * block loaded from the store leaves it again (the store keeps what the
+ * device does not hold). No store: nothing. */
+vf_status vf_residency_store_save(vf_residency *r);
 /* Drops the store entries of r's loaded resident blocks (the device holds
  * them); entries r borrows as host copies stay. */
 void vf_residency_store_trim(vf_residency *r);

@@ -70,13 +70,17 @@ static void restore(vf_model *m, vf_tier from)
 static vf_status hold_host(vf_model *m, vf_tier from, int pinned)
 {
     VF_TRY(ensure_store(m));
+    int was = vf_host_store_pinned(m->mm.store);
+    vf_host_store_prefer_pinned(m->mm.store, pinned); /* new entries straight into the right memory */
     vf_status st = fill(m);
     if (st == VF_OK) {
         vf_mm_release_device(m);
         st = vf_host_store_set_pinned(m->mm.store, pinned);
     }
-    if (st != VF_OK)
+    if (st != VF_OK) {
+        vf_host_store_prefer_pinned(m->mm.store, was);
         restore(m, from);
+    }
     return st;
 }
 

@@ -603,6 +603,20 @@ static vf_status reserve_arena(vf_model *m)
     return VF_OK;
 }
 
+/* A model with a host store (the pool's) keeps its device-resident weights
+ * through a new placement: they go back to the store, and the new
+ * residencies load them from there rather than from the checkpoint. Best
+ * effort: what cannot be kept (host memory short) is read again. */
+static void keep_resident_weights(vf_model *m)
+{
+    for (int c = 0; m->mm.store && c < VF_COMPONENT_COUNT; c++) {
+        if (m->mm.comp[c].on_device && vf_residency_store_save(m->res[c]) != VF_OK) {
+            vf_clear_error();
+            return;
+        }
+    }
+}
+
 /* Installs plan p and placement v (taking both). Residencies whose placement
  * changes are freed; a CPU component that stays on the CPU keeps its weights. */
 static void install(vf_model *m, uint64_t budget, vf_plan *p, vf_mm_comp *v, uint64_t need)
@@ -611,6 +625,7 @@ static void install(vf_model *m, uint64_t budget, vf_plan *p, vf_mm_comp *v, uin
     if (mm->plan && comps_equal(mm->comp, v, m) && mm->arena_need == need) {
         comps_free(v);                 /* the same placement: residencies stay */
     } else {
+        keep_resident_weights(m);
         free_arena(m);
         for (int c = 0; c < VF_COMPONENT_COUNT; c++) {
             if (mm->comp[c].on_device != v[c].on_device)

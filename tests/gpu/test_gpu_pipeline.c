@@ -14,9 +14,8 @@
  *    on the CUDA backend (fp16) against the CPU backend (float32), 1e-2.
  * Errors are max|gpu - ref| / max|ref| per tensor; every one is printed.
  */
-#include "../unit/test.h"
+#include "gpu_test.h"
 
-#include "backend/backend.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 
@@ -44,30 +43,6 @@ static const char *tmp_path(const char *name)
     snprintf(buf, sizeof buf, "%s/%s", g_tmp, name);
     return buf;
 }
-
-static int cuda_usable(void)
-{
-    static int known = -1;
-    if (known >= 0)
-        return known;
-    vf_backend_options o;
-    vf_backend *be = NULL;
-    vf_backend_options_init(&o);
-    o.kind = VF_BACKEND_CUDA;
-    known = vf_backend_create(&o, &be) == VF_OK;
-    if (known)
-        printf("  device: %s (%s)\n", vf_be_info(be)->device, vf_be_info(be)->features);
-    else
-        printf("SKIP: %s\n", vf_last_error());
-    vf_backend_free(be);
-    return known;
-}
-
-#define SKIP_WITHOUT_CUDA()     \
-    do {                        \
-        if (!cuda_usable())     \
-            exit(77);           \
-    } while (0)
 
 static int read_ref_params(const char *shared, const char *name, ref_params *r)
 {

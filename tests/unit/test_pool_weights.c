@@ -32,7 +32,8 @@
 #define SPEC "sim,context=1M,memory=1G"
 
 static const char *g_shared;
-static vf_image *g_ref;          /* tiny SD1.5 on the CPU */
+static vf_image *g_ref;          /* tiny SD1.5 on the CPU, 64x64 */
+static vf_image *g_ref128;       /* and 128x128                  */
 
 static const char *const g_files[] = {
     "model_index.json",        "scheduler/scheduler_config.json",    "text_encoder/config.json",
@@ -81,7 +82,7 @@ static void truncate_weights(tmpd *t)
         CHECK(truncate(tmp_path(t, g_weights[i]), 0) == 0);
 }
 
-static vf_status generate(vf_model *m, vf_image **img)
+static vf_status generate_at(vf_model *m, int size, vf_image **img)
 {
     vf_generate_params p;
     vf_generate_params_init(&p);
@@ -89,10 +90,12 @@ static vf_status generate(vf_model *m, vf_image **img)
     p.negative_prompt = "blurry";
     p.steps = 3;
     p.guidance_scale = 5.0f;
-    p.width = p.height = 64;
+    p.width = p.height = size;
     p.seed = 77;
     return vf_generate(m, &p, img);
 }
+
+static vf_status generate(vf_model *m, vf_image **img) { return generate_at(m, 64, img); }
 
 static int same_image(const vf_image *a, const vf_image *b)
 {
@@ -165,6 +168,8 @@ static void test_setup(void)
     CHECK_OK(vf_model_open(path, NULL, &m));
     if (m)
         CHECK_OK(generate(m, &g_ref));
+    if (m)
+        CHECK_OK(generate_at(m, 128, &g_ref128));
     vf_model_close(m);
 }
 
@@ -243,6 +248,14 @@ static void test_no_reads_after_demotion(void)
         /* the pool still says DEVICE: the next stage re-loads, from the store */
         check_generates(m, "after demotion, with the files truncated");
         CHECK(device_held(m) > 0);
+        /* another size re-plans the arena: the resident weights go through
+         * the store (copied back from the device), not the files */
+        vf_image *big = NULL;
+        vf_status gst = generate_at(m, 128, &big);
+        CHECK_MSG(gst == VF_OK, "128x128 after a re-plan, files truncated: %s", vf_last_error());
+        CHECK_MSG(same_image(big, g_ref128), "128x128 after a re-plan: the image differs from the CPU's");
+        vf_image_free(big);
+        CHECK(vf_model_held_host_bytes(m) == 0); /* reloaded from the store, which let them go */
         /* a model that really is on disk only fails on those files, naming one */
         CHECK_OK(vf_pool_unload(p, "a"));
         vf_image *img = NULL;
@@ -340,7 +353,11 @@ static void test_errors(void)
     vf_pool_free(p);
 }
 
-static void test_teardown(void) { vf_image_free(g_ref); }
+static void test_teardown(void)
+{
+    vf_image_free(g_ref);
+    vf_image_free(g_ref128);
+}
 
 TEST_MAIN(TEST(test_setup), TEST(test_tiers), TEST(test_no_reads_after_demotion), TEST(test_scenario),
           TEST(test_errors), TEST(test_teardown))

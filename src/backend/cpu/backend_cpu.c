@@ -103,6 +103,12 @@ static vf_status cpu_h2d_async(void *impl, void *dst, const void *src, size_t by
     return VF_OK;
 }
 
+/* Host memory both sides: the same copy as h2d. */
+static vf_status cpu_d2h(void *impl, void *dst, const void *src, size_t bytes)
+{
+    return cpu_h2d_async(impl, dst, src, bytes);
+}
+
 static vf_status cpu_copy(void *impl, void *dst, const void *src, size_t bytes)
 {
     memmove(dst, src, bytes);
@@ -346,7 +352,7 @@ static const vf_backend_ops cpu_ops = {
     cpu_event_sync, cpu_elapsed_ms, cpu_linear, cpu_conv2d, cpu_groupnorm, cpu_layernorm, cpu_act,
     cpu_geglu, cpu_add, cpu_axpby, cpu_attention, cpu_upsample2x, cpu_concat, cpu_fm_to_tokens,
     cpu_tokens_to_fm, cpu_timestep_embedding, cpu_mem_stats, cpu_alloc, cpu_free, cpu_pinned_alloc,
-    cpu_free, cpu_dequant, cpu_set_allocator,
+    cpu_free, cpu_dequant, cpu_set_allocator, cpu_d2h,
 };
 
 vf_status vf_backend_cpu_open(const vf_backend_open_args *a, const vf_backend_ops **ops, void **impl,

@@ -136,6 +136,13 @@ static vf_status cb_h2d_async(void *impl, void *dst, const void *src, size_t byt
     return cu_check(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, be->copy), "h2d copy");
 }
 
+static vf_status cb_d2h(void *impl, void *dst, const void *src, size_t bytes)
+{
+    cuda_be *be = (cuda_be *)impl;
+    CU_TRY(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, be->compute), "d2h copy");
+    return cu_check(be, cudaStreamSynchronize(be->compute), "d2h copy");
+}
+
 static vf_status cb_copy(void *impl, void *dst, const void *src, size_t bytes)
 {
     cuda_be *be = (cuda_be *)impl;
@@ -225,7 +232,7 @@ static const vf_backend_ops cuda_ops = {
     cuda_act,        cuda_geglu,             cuda_add,     cuda_axpby,       cuda_attention,
     cuda_upsample2x, cuda_concat,            cuda_fm_copy, cuda_fm_copy,     cuda_timestep_embedding,
     cb_mem_stats,    cb_reserve,             cb_unreserve, cb_pinned_alloc,  cb_pinned_free,
-    cuda_dequant,    cb_set_allocator,
+    cuda_dequant,    cb_set_allocator,       cb_d2h,
 };
 
 static vf_status open_device(cuda_be *be, const vf_backend_open_args *a, vf_backend_info *info)
