@@ -167,6 +167,33 @@ void vf_host_store_drop(vf_host_store *s, int comp, int block)
         entry_release(s, e);
 }
 
+uint64_t vf_host_store_drop_component(vf_host_store *s, int comp)
+{
+    if (!s || comp < 0 || comp >= VF_COMPONENT_COUNT)
+        return 0;
+    uint64_t before = s->bytes;
+    for (int b = 0; b < s->n[comp]; b++)
+        entry_release(s, &s->e[comp][b]);
+    return before - s->bytes;
+}
+
+vf_status vf_host_store_adopt(vf_host_store *s, int comp, int block, const vf_store_format *f, void *p,
+                              uint64_t bytes, int pinned)
+{
+    if (comp < 0 || comp >= VF_COMPONENT_COUNT || block < 0 || (pinned && !can_pin(s)))
+        return vf_error(VF_ERR_INTERNAL, "host store: adopting component %d, block %d", comp, block);
+    VF_TRY(grow(s, comp, block));
+    entry *e = &s->e[comp][block];
+    entry_release(s, e);
+    e->p = p;
+    e->bytes = bytes;
+    e->f = *f;
+    e->pinned = pinned;
+    e->ready = 1;
+    account(s, e);
+    return VF_OK;
+}
+
 /* Moves one entry to pinned or pageable memory. */
 static vf_status move_entry(vf_host_store *s, entry *e, int pinned)
 {

@@ -52,6 +52,13 @@ vf_status vf_host_store_alloc(vf_host_store *s, int comp, int block, const vf_st
                               void **out);
 void vf_host_store_commit(vf_host_store *s, int comp, int block);
 void vf_host_store_drop(vf_host_store *s, int comp, int block);
+/* Every entry of component comp. Returns the bytes freed. */
+uint64_t vf_host_store_drop_component(vf_host_store *s, int comp);
+/* Takes p (bytes, from vf_malloc or, pinned, from the store's device) as the
+ * committed image of (comp, block) without copying it. On failure p is still
+ * the caller's. */
+vf_status vf_host_store_adopt(vf_host_store *s, int comp, int block, const vf_store_format *f, void *p,
+                              uint64_t bytes, int pinned);
 
 /* New entries pinned (1) or pageable (0); existing entries move to that kind
  * of memory (copied). On failure (pinned memory exhausted) the entries moved

@@ -1067,6 +1067,23 @@ vf_status vf_residency_store_save(vf_residency *r)
     return VF_OK;
 }
 
+vf_status vf_residency_store_keep(vf_residency *r)
+{
+    if (!r || !r->opt.store || !on_device(r))
+        return VF_OK;
+    vf_store_format f = {r->opt.image_dtype, r->opt.image_ohwi, image_quant(r)};
+    for (int b = 0; b < r->bl->nblocks; b++) {
+        block_state *s = &r->blocks[b];
+        if (s->host_borrowed || !s->host || !s->host_ready || stored(r, b, NULL))
+            continue;
+        int pinned = s->home == VF_TIER_PINNED;
+        VF_TRY(vf_host_store_adopt(r->opt.store, r->opt.store_comp, b, &f, s->host, s->img, pinned));
+        host_add(r, -(int64_t)s->img); /* the store counts it now */
+        s->host_borrowed = 1;
+    }
+    return vf_residency_store_save(r);
+}
+
 void vf_residency_store_trim(vf_residency *r)
 {
     if (!r || !r->opt.store || !on_device(r))

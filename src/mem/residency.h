@@ -132,6 +132,12 @@ vf_status vf_residency_store_fill(const vf_checkpoint *ck, const vf_blocklist *b
  * block loaded from the store leaves it again (the store keeps what the
  * device does not hold). No store: nothing. */
 vf_status vf_residency_store_save(vf_residency *r);
+/* Before r is freed: hands every block image r holds to its store, the host
+ * copies as they are (no copy: the store adopts them, pinned or not) and the
+ * loaded resident blocks copied back from the device into pageable memory,
+ * so that the next residency of the component loads from there. Blocks the
+ * store has already are skipped. No store: nothing. */
+vf_status vf_residency_store_keep(vf_residency *r);
 /* Drops the store entries of r's loaded resident blocks (the device holds
  * them); entries r borrows as host copies stay. */
 void vf_residency_store_trim(vf_residency *r);

@@ -23,9 +23,8 @@ static int has_device(const vf_model *m) { return m->mm.dev && !vf_device_is_hos
 
 static vf_status ensure_store(vf_model *m)
 {
-    if (m->mm.store)
-        return VF_OK;
-    return vf_host_store_create(m->mm.dev, &m->mm.store);
+    vf_host_store *s;
+    return vf_mm_store(m, &s);
 }
 
 /* Every present component's images into the store, from the live device

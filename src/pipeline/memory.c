@@ -609,7 +609,7 @@ static vf_status reserve_arena(vf_model *m)
  * effort: what cannot be kept (host memory short) is read again. */
 static void keep_resident_weights(vf_model *m)
 {
-    for (int c = 0; m->mm.store && c < VF_COMPONENT_COUNT; c++) {
+    for (int c = 0; m->pool_hook && m->mm.store && c < VF_COMPONENT_COUNT; c++) {
         if (m->mm.comp[c].on_device && vf_residency_store_save(m->res[c]) != VF_OK) {
             vf_clear_error();
             return;
@@ -778,6 +778,9 @@ static vf_status create_component(vf_model *m, vf_component c)
     o.quant = component_quant(mm, c);
     vf_model_lora_patch(m, c, &o);     /* LoRAs merge as weights convert (pipeline/lora.c) */
     if (mc->on_device) {
+        vf_host_store *store; /* per-stage images are kept there between stages */
+        if (mc->per_stage && vf_mm_store(m, &store) != VF_OK)
+            vf_clear_error();
         vf_mm_device_options(m, c, &o);
         o.trace = mm->trace[c];
         o.trace_cap = mm->trace_cap[c];
@@ -820,10 +823,59 @@ vf_status vf_model_residency(vf_model *m, vf_component c, vf_residency **out)
     return VF_OK;
 }
 
+/* clear_cache: the host store is a cache of conversions (except in a pool,
+ * where it is the model's tier); entries of a component with a live
+ * residency may be borrowed by it and stay. */
+static uint64_t drop_store_cb(void *owner)
+{
+    vf_model *m = owner;
+    uint64_t freed = 0;
+    for (int c = 0; !m->pool_hook && c < VF_COMPONENT_COUNT; c++)
+        if (!m->res[c])
+            freed += vf_host_store_drop_component(m->mm.store, c);
+    return freed;
+}
+
+vf_status vf_mm_store(vf_model *m, vf_host_store **out)
+{
+    vf_mm *mm = &m->mm;
+    if (!mm->store) {
+        VF_TRY(vf_host_store_create(mm->dev, &mm->store));
+        vf_status st = vf_monitor_register_cache(m, drop_store_cb);
+        if (st != VF_OK) {
+            vf_host_store_free(mm->store);
+            mm->store = NULL;
+            return st;
+        }
+    }
+    *out = mm->store;
+    return VF_OK;
+}
+
+/* A per-stage component's images stay in host memory for its next stage
+ * (the store), so that the next prompt copies the text encoders back
+ * instead of reading and converting them (and merging LoRAs) again. Not
+ * when the plan streams some of its blocks from DISK: RAM was short. Best
+ * effort: without the memory they are read again. */
+static void keep_stage_images(vf_model *m, vf_component c)
+{
+    const vf_mm_comp *mc = &m->mm.comp[c];
+    if (!mc->on_device || !m->res[c])
+        return;
+    for (int b = 0; b < m->bl[c].nblocks; b++)
+        if (mc->home[b] == VF_TIER_DISK)
+            return;
+    vf_host_store *s;
+    if (vf_mm_store(m, &s) != VF_OK || vf_residency_store_keep(m->res[c]) != VF_OK)
+        vf_clear_error();
+}
+
 void vf_model_component_done(vf_model *m, vf_component c)
 {
-    if (m && (unsigned)c < VF_COMPONENT_COUNT && m->mm.comp[c].per_stage)
-        free_component(m, c);
+    if (!m || (unsigned)c >= VF_COMPONENT_COUNT || !m->mm.comp[c].per_stage)
+        return;
+    keep_stage_images(m, c);
+    free_component(m, c);
 }
 
 void vf_mm_close(vf_model *m)
@@ -831,6 +883,8 @@ void vf_mm_close(vf_model *m)
     vf_mm *mm = &m->mm;
     free_components(m, 1);
     free_arena(m);
+    if (mm->store)
+        vf_monitor_unregister_cache(m);
     vf_host_store_free(mm->store);
     mm->store = NULL;
     comps_free(mm->comp);

@@ -141,6 +141,8 @@ vf_dtype_policy vf_mm_plan_dtype_policy(const vf_mm *mm);
  * residencies are made (image dtype and layout, packed format, LoRA patch,
  * store); home, ring and arena are the placement's and left unset. */
 void vf_mm_device_options(vf_model *m, vf_component c, vf_residency_options *o);
+/* The model's host store, created (and offered to clear_cache) on first use. */
+vf_status vf_mm_store(vf_model *m, vf_host_store **out);
 /* Frees every residency and the arena, keeping the host store. */
 void vf_mm_release_device(vf_model *m);
 

@@ -17,6 +17,11 @@
  *                bit-identical to the CPU's throughout
  *   errors       vf_pool_model without a device, on a LoRA, over budget (the
  *                pool unchanged); the cpu device has no DEVICE tier
+ *   stages       outside any pool, a SEQUENTIAL model keeps each per-stage
+ *                component's images in its host store between prompts: the
+ *                second prompt reads no file (they were truncated) and draws
+ *                the same image; vf_clear_cache drops them (then the files
+ *                are needed again, and their damage is reported)
  * Leaks are failures (ASan).
  */
 #include "test.h"
@@ -353,6 +358,45 @@ static void test_errors(void)
     vf_pool_free(p);
 }
 
+static void test_stage_images_kept(void)
+{
+    if (!g_ref)
+        return;
+    tmpd t;
+    if (!tmp_open(&t, "stage") || !copy_model(&t)) {
+        CHECK(0);
+        tmp_close(&t);
+        return;
+    }
+    vf_st_fault_no_mmap(1);
+    vf_pipeline_options po;
+    vf_pipeline_options_init(&po);
+    po.device = SPEC;
+    po.offload = VF_OFFLOAD_SEQUENTIAL;
+    vf_model_options o;
+    vf_model_options_init(&o);
+    o.pipeline = &po;
+    vf_model *m = NULL;
+    CHECK_OK(vf_model_open(t.dir, &o, &m));
+    if (m) {
+        check_generates(m, "SEQUENTIAL, first prompt");
+        uint64_t kept = vf_model_held_host_bytes(m);
+        CHECK_MSG(kept == image_bytes(m), "kept %llu bytes of %llu", (unsigned long long)kept,
+                  (unsigned long long)image_bytes(m));
+        truncate_weights(&t);
+        check_generates(m, "SEQUENTIAL, second prompt, files truncated");
+        CHECK(vf_clear_cache() >= kept && vf_model_held_host_bytes(m) == 0);
+        vf_image *img = NULL;
+        vf_status st = generate(m, &img);
+        CHECK_MSG(st != VF_OK && strstr(vf_last_error(), "truncated"), "after clear_cache: %s, '%s'",
+                  vf_status_str(st), vf_last_error());
+        vf_image_free(img);
+    }
+    vf_model_close(m);
+    vf_st_fault_no_mmap(0);
+    tmp_close(&t);
+}
+
 static void test_teardown(void)
 {
     vf_image_free(g_ref);
@@ -360,4 +404,4 @@ static void test_teardown(void)
 }
 
 TEST_MAIN(TEST(test_setup), TEST(test_tiers), TEST(test_no_reads_after_demotion), TEST(test_scenario),
-          TEST(test_errors), TEST(test_teardown))
+          TEST(test_errors), TEST(test_stage_images_kept), TEST(test_teardown))
