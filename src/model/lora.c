@@ -596,6 +596,9 @@ static vf_status make_entry(const matcher *mt, vf_st_file *f, const key_ref *ref
         VF_TRY(meta_alpha(mt, r, e->rank, &a));
     /* kohya: alpha 0 (or none) means alpha = rank, i.e. scale 1. */
     e->scale = a != 0 ? (float)(a / e->rank) : 1.0f;
+    if (!isfinite(e->scale)) /* an alpha past float's range: say so here, not at the merge */
+        return vf_error(VF_ERR_NONFINITE, "%s: '%s': alpha %g over rank %d gives a scale past float32's range",
+                        mt->path, refs[0].module, a, e->rank);
     e->up_dt = up->dtype;
     e->down_dt = down->dtype;
     e->key = vf_strdup(refs[0].module);

@@ -460,6 +460,9 @@ static void test_errors(void)
     size_t nx;
     free(snapshot(m, VF_COMPONENT_UNET, &nx)); /* loaded: a failed add must not unload it */
     char p[512];
+    /* An adapter alpha past float32's range (a fuzz seed): refused when added, naming the key. */
+    snprintf(p, sizeof p, "%s/../fuzz/corpus/lora/meta_alpha_huge", vf_test_data());
+    expect_add_error(m, p, VF_ERR_NONFINITE, "past float32's range");
     /* A factor without its partner. */
     const wt lone[] = {{TQ ".lora_down.weight", VF_DTYPE_F32, 2, 2, 16, 0, 0, 0.1f}};
     write_lora("lone.safetensors", lone, 1, p, sizeof p);
