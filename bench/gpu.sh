@@ -244,6 +244,35 @@ if [ "$MODE" = "rows" ]; then
     exit 0
 fi
 
+if [ "$MODE" = "replan" ]; then
+    # after the planner learnt the CUDA slack, the two expansion scratch slots
+    # and flash attention: the budget rows again, f16 and packed
+    synth_sdxl
+    echo "== replan: SDXL 1024x1024 CFG 5 (3 steps, medians of 2 runs)" | tee "$OUT/replan.txt"
+    budget_row full | tee -a "$OUT/replan.txt"
+    for g in 6 2 1.5 1; do
+        budget_row ${g}G --vram-budget ${g}G | tee -a "$OUT/replan.txt"
+    done
+    for d in q8 f8 q4; do
+        budget_row ${d}_2G --dtype $d --vram-budget 2G | tee -a "$OUT/replan.txt"
+    done
+    exit 0
+fi
+
+if [ "$MODE" = "stages" ]; then
+    # per-stage components kept in host memory between prompts: encode time of
+    # later prompts at 2 GiB (the text encoders are per-stage there), with and
+    # without a LoRA; medians of 3 runs (the first run converts, the others not)
+    synth_sdxl
+    [ -f /tmp/vf-lora.safetensors ] || $PY tools/make_bench_lora.py $SX /tmp/vf-lora.safetensors --rank 32
+    for extra in "" "--lora /tmp/vf-lora.safetensors"; do
+        "$BIN/vramfit" bench --model $SX --width 1024 --height 1024 --steps 2 --cfg 5 --runs 3 --backend cuda:f16 \
+            --no-decode --vram-budget 2G --json $extra 2>/dev/null | grep -E '"(encode_ms|load_s)"' | tr -d '\n'
+        echo "  ($extra)"
+    done | tee "$OUT/stages.txt"
+    exit 0
+fi
+
 if [ "$MODE" = "train-demo" ]; then
     PYTHONUNBUFFERED=1 $PY tools/demo/train.py --out "$OUT/demo" --device cuda ${VF_DEMO_MINUTES:+--minutes $VF_DEMO_MINUTES} 2>&1 |
         tee "$OUT/train.log" | tail -40

@@ -491,6 +491,10 @@ typedef struct vf_plan_options {
     uint64_t free_vram;           /* device 0's free VRAM; 0: detect. Set it (with
                                      a budget) to plan for a GPU this machine lacks */
     uint64_t available_ram;       /* 0: detect                                   */
+    /* 1: the device's attention never materialises the score matrix, as
+     * vramfit's CUDA kernels (flash attention) do, so activations are planned
+     * without it; 0 (default): planned with scores (sliced when short). */
+    int flash_attention;
 } vf_plan_options;
 
 VF_API void vf_plan_options_init(vf_plan_options *o);

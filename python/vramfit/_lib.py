@@ -204,7 +204,7 @@ class vf_plan_options(Structure):
                 ("dtype_policy", c_int), ("width", c_int), ("height", c_int), ("steps", c_int),
                 ("cfg", c_int), ("link_bandwidth", c_double), ("device_flops", c_double),
                 ("host_flops", c_double), ("context_overhead", c_uint64), ("free_vram", c_uint64),
-                ("available_ram", c_uint64)]
+                ("available_ram", c_uint64), ("flash_attention", c_int)]
 
 
 class vf_memory_usage(Structure):

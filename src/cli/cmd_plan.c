@@ -32,6 +32,8 @@ static void usage(FILE *f)
             "                      (default: free VRAM at start minus max(256 MiB, 5%%))\n"
             "  --offload MODE      auto (default), full-gpu, cpu-offload, sequential, stream\n"
             "  --no-stream         auto chooses among the other four only\n"
+            "  --flash             attention without score matrices (vramfit's CUDA kernels;\n"
+            "                      the default where a CUDA device is found)\n"
             "  --dtype POLICY      weight storage: auto (the highest precision that fits\n"
             "                      without streaming at full speed: f32, f16 or q8), fast\n"
             "                      (f16, or q8 where faster), f32, f16, bf16, f8, q8, q4\n"
@@ -53,7 +55,7 @@ static void usage(FILE *f)
 typedef struct plan_args {
     const char *model, *budget, *offload, *dtype, *width, *height, *steps, *cfg;
     const char *free_vram, *bandwidth, *gpu_tflops, *cpu_gflops, *context, *config;
-    int json, no_stream;
+    int json, no_stream, flash;
 } plan_args;
 
 static int parse_args(int argc, char **argv, plan_args *a)
@@ -72,6 +74,10 @@ static int parse_args(int argc, char **argv, plan_args *a)
             return -1;
         if (strcmp(argv[i], "--json") == 0 || strcmp(argv[i], "--no-stream") == 0) {
             *(argv[i][2] == 'j' ? &a->json : &a->no_stream) = 1;
+            continue;
+        }
+        if (strcmp(argv[i], "--flash") == 0) {
+            a->flash = 1;
             continue;
         }
         int k = -1;
@@ -146,6 +152,8 @@ static int make_options(const plan_args *a, vf_plan_options *o)
 {
     vf_plan_options_init(o);
     o->allow_stream = !a->no_stream;
+    vf_resources det;
+    o->flash_attention = a->flash || (vf_detect_resources(&det) == VF_OK && det.has_cuda && det.device_count > 0);
     double v = 0;
     uint64_t z = 1;
     if (a->budget && parse_size("--vram-budget", a->budget, &o->vram_budget))

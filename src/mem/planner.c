@@ -282,7 +282,9 @@ static void size_component(vf_plan *p, const config *k, vf_plan_component *pc)
         largest = pb->params > largest ? pb->params : largest;
     }
     uint64_t raw = activation(p, c, (int)esz, k->slices, c == VF_COMPONENT_VAE ? k->tile : 0);
-    pc->act_bytes = (uint64_t)((double)raw * p->res.act_slack) + (q >= 0 ? largest * esz : 0);
+    /* packed blocks expand into two scratch slots (mem/residency.c) */
+    pc->scratch_bytes = q >= 0 ? 2 * largest * esz : 0;
+    pc->act_bytes = (uint64_t)((double)raw * p->res.act_slack) + pc->scratch_bytes;
 }
 
 static void set_modes(vf_plan_component *pc, vf_block_mode mode, vf_tier home)

@@ -145,8 +145,10 @@ typedef struct vf_plan_component {
     uint64_t params, weight_bytes;       /* at dtype                         */
     uint64_t resident_bytes, streamed_bytes;
     uint64_t act_bytes;           /* activation region on its device (and, for
-                                     packed storage, the buffer its largest
-                                     block dequantizes into)                 */
+                                     packed storage, the two buffers its
+                                     largest block dequantizes into)         */
+    uint64_t scratch_bytes;       /* those two buffers (0: not packed): the
+                                     residency places them with the weights  */
     double flops;                 /* per call                                */
     int calls;                    /* per generation (steps for the UNet)     */
     double time_s;                /* predicted, per generation (all calls)   */

@@ -69,6 +69,7 @@ static vf_status plan_resources(const vf_plan_options *o, vf_plan_resources *rs,
         rs->host_flops = o->host_flops;
     if (o->context_overhead)
         rs->context_bytes = o->context_overhead;
+    rs->flash_attention = o->flash_attention != 0;
     return VF_OK;
 }
 

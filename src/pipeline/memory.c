@@ -383,7 +383,9 @@ static vf_status place_component(const vf_model *m, const vf_plan *p, vf_compone
     mc->quant = component_quant(&m->mm, c);
     vf_residency_plan_bytes_ex(bl, mc->home, mc->ring_depth ? mc->ring_depth : 1, m->mm.image_dtype, mc->quant,
                                &mc->resident, &mc->ring);
-    mc->act = pc->act_bytes ? vf_arena_round(pc->act_bytes) : 0;
+    /* the expansion scratch is in mc->resident already (the residency's) */
+    uint64_t act = pc->act_bytes > pc->scratch_bytes ? pc->act_bytes - pc->scratch_bytes : 0;
+    mc->act = act ? vf_arena_round(act) : 0;
     return VF_OK;
 }
 
@@ -456,7 +458,8 @@ static vf_status plan_device(const vf_model *m, const vf_mm_request *rq, uint64_
     const vf_mm *mm = &m->mm;
     vf_plan_options o;
     vf_plan_options_init(&o);
-    o.vram_budget = budget;
+    /* CUDA keeps CUDA_SLACK of the budget out of the arena: plans are made for the rest */
+    o.vram_budget = mm->cuda && budget > CUDA_SLACK ? budget - CUDA_SLACK : budget;
     o.offload = mm->opt.offload;
     o.dtype_policy = vf_mm_plan_dtype_policy(mm);
     o.width = rq->width;
@@ -466,7 +469,15 @@ static vf_status plan_device(const vf_model *m, const vf_mm_request *rq, uint64_
     o.link_bandwidth = (double)mm->link_bandwidth;
     o.context_overhead = mm->context ? mm->context : 1;
     o.free_vram = free_vram ? free_vram : 1;
-    return vf_model_plan(m, &o, out);
+    o.flash_attention = mm->cuda; /* every CUDA attention kernel is a flash kernel */
+    vf_status st = vf_model_plan(m, &o, out);
+    if (st != VF_OK && o.vram_budget != budget) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", vf_last_error());
+        return vf_error(st, "%s (of a %llu-byte budget, %llu bytes are kept free for the CUDA libraries)", why,
+                        (unsigned long long)budget, (unsigned long long)CUDA_SLACK);
+    }
+    return st;
 }
 
 /* Device bytes free to this model: what the device reports, plus its own context. */
