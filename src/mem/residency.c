@@ -1012,6 +1012,38 @@ static int copy_from_live(vf_residency *live, int b, void *dst, vf_status *st)
     return 0;
 }
 
+/* Block b's image made by r (a setup-less residency for conversion) or copied from live. */
+static vf_status image_from(vf_residency *r, vf_residency *live, int b, void *dst)
+{
+    vf_status st;
+    if (live && copy_from_live(live, b, dst, &st))
+        return st;
+    return convert(r, b, dst, NULL);
+}
+
+/* Loaded resident block b copied back from r's arena. */
+static vf_status image_from_device(vf_residency *r, vf_residency *unused, int b, void *dst)
+{
+    (void)unused;
+    return vf_device_d2h(r->dev, dst, vf_arena_ptr(r->arena, r->blocks[b].off), r->blocks[b].img);
+}
+
+/* Block b's image into a new committed entry of store s, made by fn; none on failure. */
+static vf_status store_block(vf_host_store *s, int comp, const vf_store_format *f, uint64_t img, int b,
+                             vf_status (*fn)(vf_residency *, vf_residency *, int, void *), vf_residency *r,
+                             vf_residency *live)
+{
+    void *dst;
+    VF_TRY(vf_host_store_alloc(s, comp, b, f, img, &dst));
+    vf_status st = fn(r, live, b, dst);
+    if (st != VF_OK) {
+        vf_host_store_drop(s, comp, b);
+        return vf_error_prefix(st, "keeping block '%s' in host memory", r->bl->blocks[b].name);
+    }
+    vf_host_store_commit(s, comp, b);
+    return VF_OK;
+}
+
 vf_status vf_residency_store_fill(const vf_checkpoint *ck, const vf_blocklist *bl, const vf_residency_options *o,
                                   vf_residency *live)
 {
@@ -1030,18 +1062,8 @@ vf_status vf_residency_store_fill(const vf_checkpoint *ck, const vf_blocklist *b
         live = NULL;
     for (int b = 0; b < bl->nblocks; b++) {
         uint64_t img = vf_residency_block_stored_bytes(bl, b, f.image, f.quant);
-        if (vf_host_store_get(o->store, o->store_comp, b, &f, img, NULL))
-            continue;
-        void *dst;
-        VF_TRY(vf_host_store_alloc(o->store, o->store_comp, b, &f, img, &dst));
-        vf_status st;
-        if (!live || !copy_from_live(live, b, dst, &st))
-            st = convert(&tmp, b, dst, NULL);
-        if (st != VF_OK) {
-            vf_host_store_drop(o->store, o->store_comp, b);
-            return vf_error_prefix(st, "keeping block '%s' in host memory", bl->blocks[b].name);
-        }
-        vf_host_store_commit(o->store, o->store_comp, b);
+        if (!vf_host_store_get(o->store, o->store_comp, b, &f, img, NULL))
+            VF_TRY(store_block(o->store, o->store_comp, &f, img, b, image_from, &tmp, live));
     }
     return VF_OK;
 }
@@ -1053,16 +1075,8 @@ vf_status vf_residency_store_save(vf_residency *r)
     vf_store_format f = {r->opt.image_dtype, r->opt.image_ohwi, image_quant(r)};
     for (int b = 0; b < r->bl->nblocks; b++) {
         block_state *s = &r->blocks[b];
-        if (s->home != VF_TIER_DEVICE || !s->loaded || stored(r, b, NULL))
-            continue;
-        void *dst;
-        VF_TRY(vf_host_store_alloc(r->opt.store, r->opt.store_comp, b, &f, s->img, &dst));
-        vf_status st = vf_device_d2h(r->dev, dst, vf_arena_ptr(r->arena, s->off), s->img);
-        if (st != VF_OK) {
-            vf_host_store_drop(r->opt.store, r->opt.store_comp, b);
-            return vf_error_prefix(st, "keeping block '%s' in host memory", r->bl->blocks[b].name);
-        }
-        vf_host_store_commit(r->opt.store, r->opt.store_comp, b);
+        if (s->home == VF_TIER_DEVICE && s->loaded && !stored(r, b, NULL))
+            VF_TRY(store_block(r->opt.store, r->opt.store_comp, &f, s->img, b, image_from_device, r, NULL));
     }
     return VF_OK;
 }

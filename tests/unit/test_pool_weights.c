@@ -81,6 +81,26 @@ static int copy_model(tmpd *t)
     return 1;
 }
 
+/* A copy in a new scratch folder, read by pread from then on (a truncated
+ * file then fails to read instead of faulting a mapping); 0 when it cannot
+ * be made (a failed check). Undone by damageable_end. */
+static int damageable_copy(tmpd *t, const char *tag)
+{
+    if (tmp_open(t, tag) && copy_model(t)) {
+        vf_st_fault_no_mmap(1);
+        return 1;
+    }
+    CHECK(0);
+    tmp_close(t);
+    return 0;
+}
+
+static void damageable_end(tmpd *t)
+{
+    vf_st_fault_no_mmap(0);
+    tmp_close(t);
+}
+
 static void truncate_weights(tmpd *t)
 {
     for (size_t i = 0; i < sizeof g_weights / sizeof g_weights[0]; i++)
@@ -230,12 +250,8 @@ static void test_no_reads_after_demotion(void)
     if (!g_ref)
         return;
     tmpd t;
-    if (!tmp_open(&t, "poolr") || !copy_model(&t)) {
-        CHECK(0);
-        tmp_close(&t);
+    if (!damageable_copy(&t, "poolr"))
         return;
-    }
-    vf_st_fault_no_mmap(1); /* reads by pread: a truncated file then fails instead of faulting */
     vf_pool *p = make_pool(SPEC, VF_POOL_UNLIMITED, 0);
     CHECK_OK(vf_pool_register(p, "a", t.dir));
     vf_model *m = NULL;
@@ -271,8 +287,7 @@ static void test_no_reads_after_demotion(void)
         CHECK_TIER(p, "a", VF_TIER_DISK);
     }
     vf_pool_free(p);
-    vf_st_fault_no_mmap(0);
-    tmp_close(&t);
+    damageable_end(&t);
 }
 
 /* The scenario with real weights: room for two on the device. */
@@ -363,12 +378,8 @@ static void test_stage_images_kept(void)
     if (!g_ref)
         return;
     tmpd t;
-    if (!tmp_open(&t, "stage") || !copy_model(&t)) {
-        CHECK(0);
-        tmp_close(&t);
+    if (!damageable_copy(&t, "stage"))
         return;
-    }
-    vf_st_fault_no_mmap(1);
     vf_pipeline_options po;
     vf_pipeline_options_init(&po);
     po.device = SPEC;
@@ -393,8 +404,7 @@ static void test_stage_images_kept(void)
         vf_image_free(img);
     }
     vf_model_close(m);
-    vf_st_fault_no_mmap(0);
-    tmp_close(&t);
+    damageable_end(&t);
 }
 
 static void test_teardown(void)
