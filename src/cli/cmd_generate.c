@@ -51,6 +51,7 @@ typedef struct gen_args {
     const char *model, *prompt, *negative, *tokenizer, *config, *dump, *output;
     const char *steps, *cfg, *width, *height, *seed, *sampler;
     const char *backend;          /* --backend cpu|cuda[:f16|:bf16] */
+    const char *registry;         /* --registry FILE: --model is an id in it */
     int quiet;
     const char *lora[VF_GEN_MAX_LORAS]; /* --lora PATH[:STRENGTH], in order   */
     int nlora;
@@ -62,7 +63,8 @@ typedef struct gen_args {
 static void gen_usage(FILE *f)
 {
     fprintf(f,
-            "usage: vramfit generate [--model PATH] --prompt TEXT [--negative TEXT] [--steps N]\n"
+            "usage: vramfit generate [--model PATH | --registry FILE --model ID] --prompt TEXT\n"
+            "                        [--negative TEXT] [--steps N]\n"
             "                        [--cfg X] [--width W] [--height H] [--seed S]\n"
             "                        [--sampler euler|euler_a|ddim|dpmpp_2m|pndm] [--tokenizer DIR]\n"
             "                        [--config DIR] [--dump FILE.safetensors] [--quiet]\n"
@@ -79,6 +81,9 @@ static void gen_usage(FILE *f)
             "                    on a blue background\", \"two yellow squares\"), from\n"
             "                    $VF_DEMO_MODEL, else <prefix>/share/vramfit/demo, else the\n"
             "                    source tree's models/demo\n"
+            "  --registry FILE   a model registry (JSON: {\"models\": {ID: PATH or {\"path\": ...,\n"
+            "                    \"config\": DIR}}}, paths relative to the file); --model is then\n"
+            "                    one of its ids, opened by a model pool on --device\n"
             "  --prompt TEXT     the prompt, in --prompt-syntax (default: AUTOMATIC1111's)\n"
             "  --negative TEXT   the negative prompt (default: none; SDXL then uses zeros)\n"
             "  --steps N         denoising steps (default 20)\n"
@@ -186,10 +191,10 @@ static int parse_args(int argc, char **argv, gen_args *a)
 {
     static const char *const names[] = {"--model", "--prompt", "--negative", "--tokenizer", "--config",
                                         "--dump", "--output", "--steps", "--cfg", "--width",
-                                        "--height", "--seed", "--sampler", "--backend"};
+                                        "--height", "--seed", "--sampler", "--backend", "--registry"};
     const char **slots[] = {&a->model, &a->prompt, &a->negative, &a->tokenizer, &a->config,
                             &a->dump, &a->output, &a->steps, &a->cfg, &a->width,
-                            &a->height, &a->seed, &a->sampler, &a->backend};
+                            &a->height, &a->seed, &a->sampler, &a->backend, &a->registry};
     const int nopt = (int)(sizeof names / sizeof names[0]);
     memset(a, 0, sizeof *a);
     for (int i = 0; i < argc; i++) {
@@ -460,6 +465,24 @@ static int find_demo_model(gen_args *a)
     return VF_EXIT_FAIL;
 }
 
+/* --registry: --model is an id of the registry, opened by a model pool with
+ * this run's device and memory options (the registry's paths and configs
+ * apply). The pool owns the model. */
+static vf_status open_from_registry(const gen_args *a, vf_pipeline_options *po, vf_pool **pool, vf_model **m)
+{
+    if (a->backend && (!po->device || !po->device[0]))
+        po->device = a->backend; /* a pool opens models by device: cuda implies its backend */
+    vf_pool_options o;
+    vf_pool_options_init(&o);
+    o.pipeline = po;
+    vf_status st = vf_pool_create(&o, pool);
+    if (st == VF_OK)
+        st = vf_pool_load_registry(*pool, a->registry);
+    if (st == VF_OK)
+        st = vf_pool_model(*pool, a->model, m);
+    return st;
+}
+
 static int run(const gen_args *a, vf_generate_params *p, int random)
 {
     vf_model_options o;
@@ -483,7 +506,8 @@ static int run(const gen_args *a, vf_generate_params *p, int random)
     vf_gen_run rr;
     vf_gen_run_init(&rr, &a->rep, p);
     double t0 = vf_progress_now();
-    vf_status st = vf_model_open(a->model, &o, &m);
+    vf_pool *pool = NULL;
+    vf_status st = a->registry ? open_from_registry(a, &po, &pool, &m) : vf_model_open(a->model, &o, &m);
     if (st == VF_OK)
         st = apply_loras(a, m);
     if (st == VF_OK)
@@ -507,7 +531,10 @@ static int run(const gen_args *a, vf_generate_params *p, int random)
     if (st == VF_OK && a->mem.stats)
         vf_gen_mem_print_stats(stdout, m, a->model, &a->mem);
     vf_image_free(img);
-    vf_model_close(m);
+    if (pool)
+        vf_pool_free(pool); /* and the model it opened */
+    else
+        vf_model_close(m);
     if (st != VF_OK && a->rep.json)
         vf_gen_run_json_error(stdout, st, st == VF_ERR_CANCELLED ? VF_EXIT_CANCELLED : VF_EXIT_FAIL);
     if (st == VF_ERR_CANCELLED) {
@@ -527,6 +554,11 @@ int vf_cmd_generate(int argc, char **argv)
         gen_usage(stdout);
     if (rc)
         return rc < 0 ? VF_EXIT_OK : rc;
+    if (a.registry && !a.model) {
+        fprintf(stderr, "vramfit generate: --registry %s needs --model ID (one of its ids)\n", a.registry);
+        vf_gen_report_free(&a.rep);
+        return VF_EXIT_USAGE;
+    }
     rc = a.model ? 0 : find_demo_model(&a);
     if (rc == 0)
         rc = make_params(&a, &p, &random);
