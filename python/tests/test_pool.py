@@ -165,5 +165,6 @@ def test_a_pool_with_a_device_moves_weights(tiny):
     assert pool.usage()["evictions"] == 2
     a.close()   # the pool's model: closing the pipeline leaves it to the pool
     assert pool.is_loaded("a")
-    b.close()
     pool.close()
+    with pytest.raises(ValueError, match="pool is closed"):
+        b.generate("a cat", steps=1)

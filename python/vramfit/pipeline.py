@@ -293,6 +293,12 @@ class IntelligentGenerationPipeline(_lib.Owned):
         if not self._borrowed:
             C.vf_model_close(h)
 
+    def _handle(self):
+        # A pool's model lives as long as its pool: a closed pool leaves nothing to use.
+        if self._borrowed and not self.pool._h:
+            raise ValueError("IntelligentGenerationPipeline: its model pool is closed")
+        return super()._handle()
+
     def _pool_use(self):
         if self._pool_id is not None and not self._borrowed:
             tier = Tier.HOST if self.device == "cpu" else Tier.DEVICE
