@@ -460,8 +460,10 @@ VF_API void vf_get_memory_usage(vf_memory_usage *current, vf_memory_usage *peak)
 VF_API uint64_t vf_get_peak_vram_usage(void);
 VF_API void vf_reset_peak_usage(void);
 /* Frees cached weight conversions that can be rebuilt from the checkpoint
- * (not those of blocks in use, not device-resident weights); returns the bytes
- * freed. Not while a generation runs on another thread. */
+ * (not those of blocks in use, not device-resident weights, not what a model
+ * pool holds as a model's HOST or PINNED tier), among them the images that
+ * per-stage components keep between prompts; returns the bytes freed. Not
+ * while a generation runs on another thread. */
 VF_API uint64_t vf_clear_cache(void);
 
 /* A plan: per component its compute device and stage, per block its dtype,
