@@ -19,7 +19,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 "$VF_CLI" generate --help >"$tmp/help"
-check "--help says --model is optional" grep -q -- "\[--model PATH\]" "$tmp/help"
+check "--help says --model is optional" grep -q -- "\[--model PATH | --registry FILE --model ID\]" "$tmp/help"
 check "--help names VF_DEMO_MODEL and models/demo" \
     sh -c "grep -q VF_DEMO_MODEL '$tmp/help' && grep -q 'models/demo' '$tmp/help' && grep -q 'share/vramfit/demo' '$tmp/help'"
 
