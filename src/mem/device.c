@@ -135,15 +135,24 @@ vf_status vf_device_d2h_async(vf_device *d, void *dst, const void *src, uint64_t
 }
 
 /* Queues a copy and waits for it through a private event. */
+void vf_device_drain(vf_device *d)
+{
+    if (d->ops->drain)
+        d->ops->drain(d->impl);
+}
+
 static vf_status copy_sync(vf_device *d, void *dst, const void *src, uint64_t n, int to_device)
 {
     vf_event *ev = NULL;
     VF_TRY(d->ops->event_create(d->impl, &ev));
     vf_status st = d->ops->copy_async(d->impl, dst, src, n, to_device);
+    int queued = st == VF_OK;
     if (st == VF_OK)
         st = d->ops->event_record(d->impl, ev);
     if (st == VF_OK)
         st = d->ops->event_wait(d->impl, ev);
+    if (st != VF_OK && queued)
+        vf_device_drain(d); /* the caller may free src or dst as soon as we return */
     d->ops->event_destroy(d->impl, ev);
     return st;
 }

@@ -74,6 +74,10 @@ typedef struct vf_device_ops {
      * the device's compute image (sim: float32 OIHW; CUDA: the backend's dtype
      * and filter layout), ordered with compute. */
     vf_status (*dequant)(void *impl, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH, int KW);
+    /* Optional (NULL: copies are synchronous): returns once every queued
+     * copy has finished, without allocating, so that a caller whose event
+     * could not be recorded still never frees memory a copy reads. */
+    void (*drain)(void *impl);
 } vf_device_ops;
 
 /* Wraps a backend: context_bytes is what the backend holds before any reserve
@@ -133,6 +137,8 @@ void vf_device_unreserve(vf_device *d, void *base, uint64_t bytes);
 vf_status vf_device_h2d_async(vf_device *d, void *dst, const void *src, uint64_t n);
 vf_status vf_device_d2h_async(vf_device *d, void *dst, const void *src, uint64_t n);
 vf_status vf_device_h2d(vf_device *d, void *dst, const void *src, uint64_t n);
+/* Waits for every queued copy (the fallback when an event fails). */
+void vf_device_drain(vf_device *d);
 vf_status vf_device_d2h(vf_device *d, void *dst, const void *src, uint64_t n);
 
 vf_status vf_device_event_create(vf_device *d, vf_event **ev);

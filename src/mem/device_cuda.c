@@ -21,6 +21,7 @@
  */
 #include "backend/backend.h"
 #include "core/alloc.h"
+#include "core/error.h"
 #include "mem/device.h"
 
 #include <string.h>
@@ -137,6 +138,12 @@ static vf_status cd_dequant(void *impl, void *dst, const void *src, vf_dtype fmt
     return vf_be_dequant(be_of(impl), (vf_dbuf *)dst, src, fmt, OC, C, KH, KW);
 }
 
+static void cd_drain(void *impl)
+{
+    if (vf_be_sync(be_of(impl)) != VF_OK)
+        vf_clear_error(); /* a failed sync has nothing left in flight to wait for */
+}
+
 static const vf_device_ops cuda_ops = {
     .name = "cuda",
     .kind = VF_DEVICE_KIND_CUDA,
@@ -158,6 +165,7 @@ static const vf_device_ops cuda_ops = {
     .compute_fence = cd_compute_fence,
     .copy_after = cd_copy_after,
     .dequant = cd_dequant,
+    .drain = cd_drain,
 };
 
 vf_status vf_device_cuda_create(vf_backend *be, uint64_t context_bytes, vf_device **out)

@@ -225,6 +225,14 @@ static void drain_locked(sim *s)
         pthread_cond_wait(&s->done, &s->lock);
 }
 
+static void sim_drain(void *impl)
+{
+    sim *s = impl;
+    pthread_mutex_lock(&s->lock);
+    drain_locked(s);
+    pthread_mutex_unlock(&s->lock);
+}
+
 /* Appends op under the lock and wakes the engine. */
 static void enqueue_locked(sim *s, sim_op *op)
 {
@@ -495,6 +503,7 @@ static const vf_device_ops sim_ops = {
     .pinned_alloc = sim_pinned_alloc,
     .pinned_free = sim_pinned_free,
     .dequant = sim_dequant,
+    .drain = sim_drain,
 };
 
 /* ---- public --------------------------------------------------------------------------- */

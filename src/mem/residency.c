@@ -375,6 +375,8 @@ static void sync_all(vf_residency *r)
         (void)vf_device_event_wait(r->dev, r->sync_ev);
     if (vf_device_event_record(r->dev, r->sync_ev) == VF_OK)
         (void)vf_device_event_wait(r->dev, r->sync_ev);
+    else
+        vf_device_drain(r->dev); /* no event: wait for the copy queue itself */
 }
 
 static void free_host_copy(vf_residency *r, block_state *s)

@@ -17,6 +17,10 @@
  *                bit-identical to the CPU's throughout
  *   errors       vf_pool_model without a device, on a LoRA, over budget (the
  *                pool unchanged); the cpu device has no DEVICE tier
+ *   failures     every host allocation of a load into PINNED, and of a load
+ *                that must first demote another model, failed in turn: a
+ *                clean VF_ERR_NO_MEMORY, the pool and both models as they
+ *                were (nothing half-held), and the next load works
  *   stages       outside any pool, a SEQUENTIAL model keeps each per-stage
  *                component's images in its host store between prompts: the
  *                second prompt reads no file (they were truncated) and draws
@@ -27,6 +31,7 @@
 #include "test.h"
 #include "test_tmp.h"
 
+#include "core/alloc.h"
 #include "io/safetensors.h"
 #include "mem/pool.h"
 #include "pipeline/model.h"
@@ -407,6 +412,87 @@ static void test_stage_images_kept(void)
     damageable_end(&t);
 }
 
+/* Loads `id` into tier with the kth host allocation failing; 1 when it failed. */
+static int load_failing(vf_pool *p, const char *id, vf_tier tier, uint64_t k, vf_status *st)
+{
+    vf_fault_alloc_fail_at(k);
+    *st = vf_pool_load(p, id, tier);
+    vf_fault_alloc_fail_at(0);
+    return *st != VF_OK;
+}
+
+static void test_alloc_failures(void)
+{
+    if (!g_ref)
+        return;
+    char path[512];
+    snprintf(path, sizeof path, "%s/reference/tiny-sd15/diffusers", g_shared);
+    vf_pool *p = make_pool(SPEC, VF_POOL_UNLIMITED, 0);
+    vf_pool_model_info info;
+    CHECK_OK(vf_pool_register(p, "a", path));
+    CHECK_OK(vf_pool_info(p, "a", &info));
+    vf_pool_free(p);
+    p = make_pool(SPEC, info.bytes * 3 / 2, 0); /* room for one on the device */
+    CHECK_OK(vf_pool_register(p, "a", path));
+    CHECK_OK(vf_pool_register(p, "b", path));
+    vf_model *a = NULL, *b = NULL;
+    CHECK_OK(vf_pool_model(p, "b", &b));
+    CHECK_OK(vf_pool_model(p, "a", &a)); /* b demoted, both opened */
+    CHECK_OK(vf_pool_unload(p, "b"));
+    if (!a || !b)
+        goto out;
+    /* DISK -> PINNED for b, then b onto the device (demoting a), allocations counted */
+    uint64_t before = vf_fault_alloc_count();
+    CHECK_OK(vf_pool_load(p, "b", VF_TIER_PINNED));
+    uint64_t k_pin = vf_fault_alloc_count() - before;
+    CHECK_OK(vf_pool_unload(p, "b"));
+    before = vf_fault_alloc_count();
+    CHECK_OK(vf_pool_load(p, "b", VF_TIER_DEVICE));
+    uint64_t k_dev = vf_fault_alloc_count() - before;
+    CHECK_OK(vf_pool_unload(p, "b"));
+    CHECK_OK(vf_pool_load(p, "a", VF_TIER_DEVICE));
+    int failed = 0, bad = 0;
+    for (uint64_t k = 1; k <= k_pin; k++) {
+        vf_status st;
+        if (!load_failing(p, "b", VF_TIER_PINNED, k, &st)) {
+            CHECK_OK(vf_pool_unload(p, "b"));
+            continue;
+        }
+        failed++;
+        if (st != VF_ERR_NO_MEMORY || tier_of(p, "b") != VF_TIER_DISK || vf_model_held_host_bytes(b) ||
+            vf_model_is_loaded(b)) {
+            bad++;
+            fprintf(stderr, "PINNED, allocation %llu: %s: %s\n", (unsigned long long)k, vf_status_str(st),
+                    vf_last_error());
+        }
+    }
+    for (uint64_t k = 1; k <= k_dev; k++) {
+        vf_status st;
+        if (!load_failing(p, "b", VF_TIER_DEVICE, k, &st)) {
+            CHECK_OK(vf_pool_unload(p, "b"));
+            CHECK_OK(vf_pool_load(p, "a", VF_TIER_DEVICE));
+            continue;
+        }
+        failed++;
+        /* undone: a back on the device (or still there), b on disk with nothing held */
+        if (st != VF_ERR_NO_MEMORY || tier_of(p, "b") != VF_TIER_DISK || tier_of(p, "a") != VF_TIER_DEVICE ||
+            vf_model_held_host_bytes(b) || device_held(b) || !vf_model_is_loaded(a)) {
+            bad++;
+            fprintf(stderr, "DEVICE, allocation %llu: %s (a in %s, b in %s): %s\n", (unsigned long long)k,
+                    vf_status_str(st), vf_tier_name(tier_of(p, "a")), vf_tier_name(tier_of(p, "b")),
+                    vf_last_error());
+        }
+    }
+    printf("  pool loads: %llu + %llu allocations failed in turn, %d failed cleanly, %d not\n",
+           (unsigned long long)k_pin, (unsigned long long)k_dev, failed - bad, bad);
+    CHECK(k_pin > 10 && k_dev > 10 && failed > 0 && bad == 0);
+    check_generates(a, "a after the failures");
+    CHECK_OK(vf_pool_load(p, "b", VF_TIER_DEVICE));
+    check_generates(b, "b after the failures");
+out:
+    vf_pool_free(p);
+}
+
 static void test_teardown(void)
 {
     vf_image_free(g_ref);
@@ -414,4 +500,4 @@ static void test_teardown(void)
 }
 
 TEST_MAIN(TEST(test_setup), TEST(test_tiers), TEST(test_no_reads_after_demotion), TEST(test_scenario),
-          TEST(test_errors), TEST(test_stage_images_kept), TEST(test_teardown))
+          TEST(test_errors), TEST(test_alloc_failures), TEST(test_stage_images_kept), TEST(test_teardown))
