@@ -604,7 +604,10 @@ typedef struct vf_component_placement {
     vf_generation_step stage;
     int loaded;                   /* its weights are held now                  */
     /* 1: created for its stage and freed after it (SEQUENTIAL; under STREAM a
-     * text encoder or VAE part of which streams); 0: kept between stages. */
+     * text encoder or VAE part of which streams): its device memory goes, its
+     * block images stay in host memory for the next stage unless the plan
+     * streams some from disk (vf_clear_cache drops them); 0: kept between
+     * stages. */
     int per_stage;
     uint64_t resident_bytes;      /* device: arena bytes of resident blocks    */
     uint64_t streamed_bytes;      /* device: bytes copied in per call          */
