@@ -495,7 +495,8 @@ typedef struct vf_plan_options {
     uint64_t available_ram;       /* 0: detect                                   */
     /* 1: the device's attention never materialises the score matrix, as
      * vramfit's CUDA kernels (flash attention) do, so activations are planned
-     * without it; 0 (default): planned with scores (sliced when short). */
+     * without it; 0 (default): planned with scores (sliced when short);
+     * -1: 1 where a CUDA device is found (what `vramfit plan` uses). */
     int flash_attention;
 } vf_plan_options;
 

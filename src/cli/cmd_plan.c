@@ -152,8 +152,7 @@ static int make_options(const plan_args *a, vf_plan_options *o)
 {
     vf_plan_options_init(o);
     o->allow_stream = !a->no_stream;
-    vf_resources det;
-    o->flash_attention = a->flash || (vf_detect_resources(&det) == VF_OK && det.has_cuda && det.device_count > 0);
+    o->flash_attention = a->flash ? 1 : -1; /* -1: where a CUDA device is found */
     double v = 0;
     uint64_t z = 1;
     if (a->budget && parse_size("--vram-budget", a->budget, &o->vram_budget))

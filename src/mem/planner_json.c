@@ -43,6 +43,7 @@ static vf_status plan_resources(const vf_plan_options *o, vf_plan_resources *rs,
     if (st != VF_OK)
         return st;
     vf_plan_resources_from(rs, &det);
+    rs->flash_attention = o->flash_attention < 0 ? rs->has_device : o->flash_attention != 0;
     if (o->free_vram) {
         *what_if = !rs->has_device;
         rs->has_device = 1;
@@ -69,7 +70,6 @@ static vf_status plan_resources(const vf_plan_options *o, vf_plan_resources *rs,
         rs->host_flops = o->host_flops;
     if (o->context_overhead)
         rs->context_bytes = o->context_overhead;
-    rs->flash_attention = o->flash_attention != 0;
     return VF_OK;
 }
 

@@ -313,9 +313,7 @@ void vf_pool_free(vf_pool *p)
     for (size_t i = 0; i < p->n; i++) {
         pool_model *m = &p->m[i];
         vf_pool_move mv = {m->id, m->path, m->kind, m->bytes, m->tier, VF_TIER_DISK};
-        if (m->model)
-            (void)vf_pool_hold_model(m->model, m->tier, VF_TIER_DISK);
-        else if (m->tier != VF_TIER_DISK && p->mover.demote)
+        if (!m->model && m->tier != VF_TIER_DISK && p->mover.demote) /* an open model: closed below */
             (void)p->mover.demote(p->mover.user, &mv);
     }
     for (size_t i = 0; i < p->n; i++)

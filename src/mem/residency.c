@@ -1014,7 +1014,7 @@ static int copy_from_live(vf_residency *live, int b, void *dst, vf_status *st)
     return 0;
 }
 
-/* Block b's image made by r (a setup-less residency for conversion) or copied from live. */
+/* Block b's image copied from live when it holds it, else converted by r (from its checkpoint). */
 static vf_status image_from(vf_residency *r, vf_residency *live, int b, void *dst)
 {
     vf_status st;
@@ -1023,21 +1023,13 @@ static vf_status image_from(vf_residency *r, vf_residency *live, int b, void *ds
     return convert(r, b, dst, NULL);
 }
 
-/* Loaded resident block b copied back from r's arena. */
-static vf_status image_from_device(vf_residency *r, vf_residency *unused, int b, void *dst)
-{
-    (void)unused;
-    return vf_device_d2h(r->dev, dst, vf_arena_ptr(r->arena, r->blocks[b].off), r->blocks[b].img);
-}
-
-/* Block b's image into a new committed entry of store s, made by fn; none on failure. */
+/* Block b's image (image_from) into a new committed entry of store s; none on failure. */
 static vf_status store_block(vf_host_store *s, int comp, const vf_store_format *f, uint64_t img, int b,
-                             vf_status (*fn)(vf_residency *, vf_residency *, int, void *), vf_residency *r,
-                             vf_residency *live)
+                             vf_residency *r, vf_residency *live)
 {
     void *dst;
     VF_TRY(vf_host_store_alloc(s, comp, b, f, img, &dst));
-    vf_status st = fn(r, live, b, dst);
+    vf_status st = image_from(r, live, b, dst);
     if (st != VF_OK) {
         vf_host_store_drop(s, comp, b);
         return vf_error_prefix(st, "keeping block '%s' in host memory", r->bl->blocks[b].name);
@@ -1065,7 +1057,7 @@ vf_status vf_residency_store_fill(const vf_checkpoint *ck, const vf_blocklist *b
     for (int b = 0; b < bl->nblocks; b++) {
         uint64_t img = vf_residency_block_stored_bytes(bl, b, f.image, f.quant);
         if (!vf_host_store_get(o->store, o->store_comp, b, &f, img, NULL))
-            VF_TRY(store_block(o->store, o->store_comp, &f, img, b, image_from, &tmp, live));
+            VF_TRY(store_block(o->store, o->store_comp, &f, img, b, &tmp, live));
     }
     return VF_OK;
 }
@@ -1078,7 +1070,7 @@ vf_status vf_residency_store_save(vf_residency *r)
     for (int b = 0; b < r->bl->nblocks; b++) {
         block_state *s = &r->blocks[b];
         if (s->home == VF_TIER_DEVICE && s->loaded && !stored(r, b, NULL))
-            VF_TRY(store_block(r->opt.store, r->opt.store_comp, &f, s->img, b, image_from_device, r, NULL));
+            VF_TRY(store_block(r->opt.store, r->opt.store_comp, &f, s->img, b, r, r));
     }
     return VF_OK;
 }

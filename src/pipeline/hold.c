@@ -21,12 +21,6 @@
 
 static int has_device(const vf_model *m) { return m->mm.dev && !vf_device_is_host(m->mm.dev); }
 
-static vf_status ensure_store(vf_model *m)
-{
-    vf_host_store *s;
-    return vf_mm_store(m, &s);
-}
-
 /* Every present component's images into the store, from the live device
  * residencies where they have them. */
 static vf_status fill(vf_model *m)
@@ -68,16 +62,17 @@ static void restore(vf_model *m, vf_tier from)
 
 static vf_status hold_host(vf_model *m, vf_tier from, int pinned)
 {
-    VF_TRY(ensure_store(m));
-    int was = vf_host_store_pinned(m->mm.store);
-    vf_host_store_prefer_pinned(m->mm.store, pinned); /* new entries straight into the right memory */
+    vf_host_store *store;
+    VF_TRY(vf_mm_store(m, &store));
+    int was = vf_host_store_pinned(store);
+    vf_host_store_prefer_pinned(store, pinned); /* new entries straight into the right memory */
     vf_status st = fill(m);
     if (st == VF_OK) {
         vf_mm_release_device(m);
-        st = vf_host_store_set_pinned(m->mm.store, pinned);
+        st = vf_host_store_set_pinned(store, pinned);
     }
     if (st != VF_OK) {
-        vf_host_store_prefer_pinned(m->mm.store, was);
+        vf_host_store_prefer_pinned(store, was);
         restore(m, from);
     }
     return st;
@@ -87,7 +82,9 @@ static vf_status hold_device(vf_model *m)
 {
     vf_status st = vf_model_load(m);
     if (st != VF_OK) {
-        vf_mm_release_device(m); /* the store, if any, is as it was */
+        /* the store keeps what was not loaded yet; blocks already copied to
+         * the device had left it and are read from the checkpoint next time */
+        vf_mm_release_device(m);
         return st;
     }
     trim(m);

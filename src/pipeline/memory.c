@@ -765,12 +765,18 @@ vf_status vf_mm_prepare(vf_model *m, const vf_mm_request *rq)
     return st;
 }
 
+/* What every residency of component c takes, on the CPU or the device. */
+static void base_options(vf_model *m, vf_component c, vf_residency_options *o)
+{
+    vf_residency_options_init(o);
+    o->quant = component_quant(&m->mm, c);
+    vf_model_lora_patch(m, c, o);      /* LoRAs merge as weights convert (pipeline/lora.c) */
+}
+
 void vf_mm_device_options(vf_model *m, vf_component c, vf_residency_options *o)
 {
     vf_mm *mm = &m->mm;
-    vf_residency_options_init(o);
-    o->quant = component_quant(mm, c);
-    vf_model_lora_patch(m, c, o);      /* LoRAs merge as weights convert (pipeline/lora.c) */
+    base_options(m, c, o);
     o->device = mm->dev;
     o->image_dtype = mm->image_dtype;
     o->image_ohwi = mm->cuda && vf_be_info(m->be)->filter_layout == VF_FILTER_OHWI;
@@ -783,18 +789,16 @@ static vf_status create_component(vf_model *m, vf_component c)
     vf_mm *mm = &m->mm;
     vf_mm_comp *mc = &mm->comp[c];
     vf_residency_options o;
-    vf_residency_options_init(&o);
+    vf_host_store *store; /* per-stage images are kept there between stages */
+    if (mc->on_device && mc->per_stage && vf_mm_store(m, &store) != VF_OK)
+        vf_clear_error();
+    if (mc->on_device)
+        vf_mm_device_options(m, c, &o);
+    else
+        base_options(m, c, &o);
     o.trace = mm->trace[c];
     o.trace_cap = mm->trace_cap[c];
-    o.quant = component_quant(mm, c);
-    vf_model_lora_patch(m, c, &o);     /* LoRAs merge as weights convert (pipeline/lora.c) */
     if (mc->on_device) {
-        vf_host_store *store; /* per-stage images are kept there between stages */
-        if (mc->per_stage && vf_mm_store(m, &store) != VF_OK)
-            vf_clear_error();
-        vf_mm_device_options(m, c, &o);
-        o.trace = mm->trace[c];
-        o.trace_cap = mm->trace_cap[c];
         VF_TRY(reserve_arena(m));
         char what[64];
         snprintf(what, sizeof what, "activations of %s", vf_component_name(c));

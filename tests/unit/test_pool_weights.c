@@ -42,6 +42,7 @@
 #define SPEC "sim,context=1M,memory=1G"
 
 static const char *g_shared;
+static char g_path[512];         /* the tiny SD1.5 reference folder */
 static vf_image *g_ref;          /* tiny SD1.5 on the CPU, 64x64 */
 static vf_image *g_ref128;       /* and 128x128                  */
 
@@ -162,6 +163,18 @@ static vf_tier tier_of(vf_pool *p, const char *id)
     return info.tier;
 }
 
+/* The pool's size of the tiny model (its header bytes). */
+static uint64_t tiny_bytes(void)
+{
+    vf_pool *p = NULL;
+    vf_pool_model_info info = {0};
+    CHECK_OK(vf_pool_create(NULL, &p));
+    CHECK_OK(vf_pool_register(p, "a", g_path));
+    CHECK_OK(vf_pool_info(p, "a", &info));
+    vf_pool_free(p);
+    return info.bytes;
+}
+
 #define CHECK_TIER(p, id, t)                                                                               \
     CHECK_MSG(tier_of(p, id) == (t), "'%s' is in %s, expected %s", id, vf_tier_name(tier_of(p, id)),     \
               vf_tier_name(t))
@@ -192,10 +205,9 @@ static void test_setup(void)
 {
     SKIP_WITHOUT_SHARED(shared);
     g_shared = shared;
-    char path[512];
-    snprintf(path, sizeof path, "%s/reference/tiny-sd15/diffusers", shared);
+    snprintf(g_path, sizeof g_path, "%s/reference/tiny-sd15/diffusers", shared);
     vf_model *m = NULL;
-    CHECK_OK(vf_model_open(path, NULL, &m));
+    CHECK_OK(vf_model_open(g_path, NULL, &m));
     if (m)
         CHECK_OK(generate(m, &g_ref));
     if (m)
@@ -208,10 +220,8 @@ static void test_tiers(void)
 {
     if (!g_ref)
         return;
-    char path[512];
-    snprintf(path, sizeof path, "%s/reference/tiny-sd15/diffusers", g_shared);
     vf_pool *p = make_pool(SPEC, VF_POOL_UNLIMITED, 0);
-    CHECK_OK(vf_pool_register(p, "a", path));
+    CHECK_OK(vf_pool_register(p, "a", g_path));
     vf_model *m = NULL;
     CHECK_OK(vf_pool_load(p, "a", VF_TIER_HOST));
     CHECK_OK(vf_pool_model(p, "a", &m)); /* HOST -> DEVICE; the handle, to look inside */
@@ -300,17 +310,11 @@ static void test_scenario(void)
 {
     if (!g_ref)
         return;
-    char path[512];
-    snprintf(path, sizeof path, "%s/reference/tiny-sd15/diffusers", g_shared);
-    vf_pool *p = make_pool(SPEC, VF_POOL_UNLIMITED, 0);
-    CHECK_OK(vf_pool_register(p, "a", path));
-    vf_pool_model_info info;
-    CHECK_OK(vf_pool_info(p, "a", &info));
-    vf_pool_free(p);
-    p = make_pool(SPEC, info.bytes * 5 / 2, 0);
-    CHECK_OK(vf_pool_register(p, "a", path));
-    CHECK_OK(vf_pool_register(p, "b", path));
-    CHECK_OK(vf_pool_register(p, "c", path));
+    uint64_t bytes = tiny_bytes();
+    vf_pool *p = make_pool(SPEC, bytes * 5 / 2, 0);
+    CHECK_OK(vf_pool_register(p, "a", g_path));
+    CHECK_OK(vf_pool_register(p, "b", g_path));
+    CHECK_OK(vf_pool_register(p, "c", g_path));
     vf_model *a = NULL, *b = NULL, *c = NULL;
     CHECK_OK(vf_pool_model(p, "a", &a));
     CHECK_OK(vf_pool_model(p, "b", &b));
@@ -331,7 +335,7 @@ static void test_scenario(void)
     CHECK(device_held(a) == 0 && vf_model_held_host_bytes(a) == image_bytes(a));
     vf_pool_usage u;
     CHECK_OK(vf_pool_get_usage(p, &u));
-    CHECK(u.evictions == 2 && u.bytes[VF_TIER_DEVICE] == 2 * info.bytes);
+    CHECK(u.evictions == 2 && u.bytes[VF_TIER_DEVICE] == 2 * bytes);
 out:
     vf_pool_free(p);
 }
@@ -340,8 +344,8 @@ static void test_errors(void)
 {
     if (!g_ref)
         return;
-    char path[512], lora[600];
-    snprintf(path, sizeof path, "%s/reference/tiny-sd15/diffusers", g_shared);
+    const char *path = g_path;
+    char lora[600];
     vf_model *m = NULL;
     /* no device: accounting only */
     vf_pool *p = NULL;
@@ -425,16 +429,9 @@ static void test_alloc_failures(void)
 {
     if (!g_ref)
         return;
-    char path[512];
-    snprintf(path, sizeof path, "%s/reference/tiny-sd15/diffusers", g_shared);
-    vf_pool *p = make_pool(SPEC, VF_POOL_UNLIMITED, 0);
-    vf_pool_model_info info;
-    CHECK_OK(vf_pool_register(p, "a", path));
-    CHECK_OK(vf_pool_info(p, "a", &info));
-    vf_pool_free(p);
-    p = make_pool(SPEC, info.bytes * 3 / 2, 0); /* room for one on the device */
-    CHECK_OK(vf_pool_register(p, "a", path));
-    CHECK_OK(vf_pool_register(p, "b", path));
+    vf_pool *p = make_pool(SPEC, tiny_bytes() * 3 / 2, 0); /* room for one on the device */
+    CHECK_OK(vf_pool_register(p, "a", g_path));
+    CHECK_OK(vf_pool_register(p, "b", g_path));
     vf_model *a = NULL, *b = NULL;
     CHECK_OK(vf_pool_model(p, "b", &b));
     CHECK_OK(vf_pool_model(p, "a", &a)); /* b demoted, both opened */
