@@ -42,6 +42,12 @@
 #                              SDXL's tier timings (synthesized if needed).
 #   bench/gpu.sh rows          q4 and q8 at 2 GiB (threaded quantize on load)
 #                              and the VAE alone, full and under 1 GiB.
+#   bench/gpu.sh ctx           what the CUDA context holds (bench/ctx_probe.cu)
+#                              and the 8-bit rows at 2, 2.5 and 3 GiB.
+#   bench/gpu.sh prof          full-GPU f16/q8/f8 steps with per-op profiles.
+#   bench/gpu.sh ahead         packed weights expanded ahead of compute: GPU
+#                              tests, full-GPU rows with and without it, the
+#                              8-bit rows at 2 and 3 GiB.
 #   bench/gpu.sh train-demo    trains the demo model (tools/demo/train.py)
 #                              into $OUT/demo.
 #
@@ -154,7 +160,9 @@ print(f"{label:>6}  {d['strategy']:<11} step {d['step_ms']:8.1f} ms  unet {d['un
       f"driver peak {d['driver_peak_bytes']/g:6.2f} GiB  budget {d['budget_bytes']/g:6.2f} GiB  "
       f"context {d['context_bytes']/g:5.2f}  arena {d['arena_bytes']/g:6.2f}  ring {d['ring_depth']}  "
       f"h2d/step {d['h2d_bytes_per_step']/g:6.2f} GiB  link {d['link_bandwidth']/1e9:5.1f} GB/s  "
-      f"predicted {d['predicted_step_ms']:7.1f} ms  decode {d['decode_ms']:7.1f} ms"
+      f"predicted {d['predicted_step_ms']:7.1f} ms  decode {d['decode_ms']:7.1f} ms  "
+      f"arena peak {d['pool_peak_denoise_bytes']/g:5.2f} GiB  act peak {d['activation_peak_denoise_bytes']/g:5.3f} "
+      f"(planned {d.get('activation_plan_denoise_bytes', 0)/g:5.3f}) GiB"
       + (f"  ERROR {d['generation_error']}" if d['generation_error'] else ""))
 PYEOF
 }
@@ -255,6 +263,72 @@ if [ "$MODE" = "replan" ]; then
     done
     for d in q8 f8 q4; do
         budget_row ${d}_2G --dtype $d --vram-budget 2G | tee -a "$OUT/replan.txt"
+    done
+    exit 0
+fi
+
+if [ "$MODE" = "ctx" ]; then
+    # what the context and libraries hold (bench/ctx_probe.cu, built here),
+    # with and without a smaller per-thread stack; then the 8-bit rows at
+    # 2, 2.5 and 3 GiB with the arena's activation peak
+    nvcc -O2 bench/ctx_probe.cu -lcublasLt -lcublas -ldl -o /tmp/ctx_probe 2>&1 | grep -v deprecated
+    for st in "" 1024 256 0; do
+        echo "== ctx_probe $st"; /tmp/ctx_probe $st
+    done 2>&1 | tee "$OUT/ctx.txt"
+    synth_sdxl
+    echo "== ctx rows: SDXL 1024x1024 CFG 5 (3 steps, medians of 2 runs)" | tee "$OUT/ctxrows.txt"
+    budget_row q8_2G --dtype q8 --vram-budget 2G | tee -a "$OUT/ctxrows.txt"
+    VF_CUDA_STACK=256 budget_row q8_2G_s256 --dtype q8 --vram-budget 2G | tee -a "$OUT/ctxrows.txt"
+    VF_CUDA_STACK=256 budget_row f16_2G_s256 --vram-budget 2G | tee -a "$OUT/ctxrows.txt"
+    for g in 2.5 3; do
+        for d in q8 f8; do
+            budget_row ${d}_${g}G --dtype $d --vram-budget ${g}G | tee -a "$OUT/ctxrows.txt"
+        done
+    done
+    budget_row f16_3G --vram-budget 3G | tee -a "$OUT/ctxrows.txt"
+    exit 0
+fi
+
+if [ "$MODE" = "prof" ]; then
+    # the cost of expanding packed weights: full-GPU steps with f16, q8 and f8
+    # weights, each with the per-op profile of one UNet forward
+    synth_sdxl
+    for d in ${VF_PROF_DTYPES:-f16 q8 f8}; do
+        echo "== $d full GPU, SDXL 1024x1024 CFG 5"
+        "$BIN/vramfit" bench --model $SX --width 1024 --height 1024 --steps 3 --cfg 5 --runs 2 \
+            --backend cuda:f16 --no-decode --dtype $d --profile ${VF_PROF_ARGS:-} 2>&1 | head -${VF_PROF_LINES:-45}
+    done | tee "$OUT/prof.txt"
+    exit 0
+fi
+
+if [ "$MODE" = "ahead" ]; then
+    # packed weights expanded ahead of their compute on a third stream, and
+    # the smaller per-thread stack: the GPU tests, then the rows (set
+    # VF_AHEAD_ROWS to choose: full = full-GPU with and without expansion
+    # ahead, budget = 2 and 3 GiB)
+    if [ -z "${VF_AHEAD_NO_TESTS:-}" ]; then
+        "$BIN/test_cuda_quant" 2>&1 | tail -3 | tee "$OUT/ahead_tests.log"
+        "$BIN/test_gpu_pipeline" 2>&1 | grep -E 'q8|passed|FAIL' | tee -a "$OUT/ahead_tests.log"
+        VF_TESTDATA=tests/data "$BIN/test_gpu_pool" 2>&1 | tail -2 | tee -a "$OUT/ahead_tests.log"
+    fi
+    synth_sdxl
+    echo "== ahead rows: SDXL 1024x1024 CFG 5 (3 steps, medians of 2 runs)" | tee "$OUT/ahead.txt"
+    for set in ${VF_AHEAD_ROWS:-full budget}; do
+        if [ $set = full ]; then
+            budget_row f16_full | tee -a "$OUT/ahead.txt"
+            for d in q8 f8; do
+                budget_row ${d}_full --dtype $d | tee -a "$OUT/ahead.txt"
+                VF_EXPAND_AHEAD=0 budget_row ${d}_full_at_acquire --dtype $d | tee -a "$OUT/ahead.txt"
+            done
+        else
+            for g in 2 3; do
+                for d in q8 f8; do
+                    budget_row ${d}_${g}G --dtype $d --vram-budget ${g}G | tee -a "$OUT/ahead.txt"
+                done
+            done
+            budget_row f16_2G --vram-budget 2G | tee -a "$OUT/ahead.txt"
+            VF_CUDA_STACK=driver budget_row q8_2G_driver_stack --dtype q8 --vram-budget 2G | tee -a "$OUT/ahead.txt"
+        fi
     done
     exit 0
 fi

@@ -247,6 +247,22 @@ static uint64_t weight_bytes(bench *b, int only)
     return n;
 }
 
+/* Arena bytes of weights held while `stage` runs: the loaded components kept
+ * between stages, and the per-stage ones of that stage. */
+static uint64_t stage_weight_bytes(bench *b, vf_generation_step stage)
+{
+    uint64_t n = 0;
+    for (int c = 0; c < VF_COMPONENT_COUNT; c++) {
+        vf_component_placement pl;
+        if (vf_model_component_placement(b->m, (vf_component)c, &pl) != VF_OK || !pl.present ||
+            (pl.per_stage ? pl.stage != stage : !pl.loaded))
+            continue;
+        n += pl.resident_bytes + pl.ring_bytes;
+    }
+    vf_clear_error();
+    return n;
+}
+
 /* Progress callback: an event at the start of every denoising step and at its end. */
 static int on_step(void *user, vf_generation_step stage, int k, int n)
 {
@@ -577,9 +593,10 @@ static void report(bench *b)
     uint64_t wv = weight_bytes(b, VF_COMPONENT_VAE);
     /* The arena holds the weights (resident and ring) for the whole run:
      * activations and workspaces are what lies above them. */
-    uint64_t act_unet = b->pool_peak_unet > b->weights ? b->pool_peak_unet - b->weights : 0;
-    uint64_t act_dec = b->pool_peak_dec > b->weights ? b->pool_peak_dec - b->weights : 0;
-    uint64_t act_vae = b->pool_peak_vae > b->weights ? b->pool_peak_vae - b->weights : 0;
+    uint64_t w_unet = stage_weight_bytes(b, VF_STEP_DENOISE), w_dec = stage_weight_bytes(b, VF_STEP_DECODE);
+    uint64_t act_unet = b->pool_peak_unet > w_unet ? b->pool_peak_unet - w_unet : 0;
+    uint64_t act_dec = b->pool_peak_dec > w_dec ? b->pool_peak_dec - w_dec : 0;
+    uint64_t act_vae = b->pool_peak_vae > w_dec ? b->pool_peak_vae - w_dec : 0;
     uint64_t be_peak_unet = b->pool_peak_unet;
     uint64_t be_peak_dec = b->pool_peak_dec;
     uint64_t be_peak_vae = b->pool_peak_vae;
@@ -621,6 +638,13 @@ static void report(bench *b)
                "\"activation_peak_decode_bytes\": %llu, \"activation_peak_vae_bytes\": %llu,\n",
                (unsigned long long)b->pool_peak_vae, (unsigned long long)act_unet, (unsigned long long)act_dec,
                (unsigned long long)act_vae);
+        vf_component_placement up;
+        if (vf_model_component_placement(b->m, VF_COMPONENT_UNET, &up) != VF_OK) {
+            memset(&up, 0, sizeof up);
+            vf_clear_error();
+        }
+        printf("  \"weights_denoise_bytes\": %llu, \"activation_plan_denoise_bytes\": %llu,\n",
+               (unsigned long long)w_unet, (unsigned long long)up.activation_bytes);
         printf("  \"backend_peak_denoise_bytes\": %llu, \"backend_peak_decode_bytes\": %llu, "
                "\"backend_peak_vae_bytes\": %llu,\n",
                (unsigned long long)be_peak_unet, (unsigned long long)be_peak_dec, (unsigned long long)be_peak_vae);
@@ -643,7 +667,7 @@ static void report(bench *b)
     printf("encode prompt   %9.2f ms\n", enc);
     printf("denoising step  %9.2f ms   (UNet alone %.2f ms)\n", step, unet);
     printf("VAE decode      %9.2f ms   (decoder alone %.2f ms, arena peak %.1f MiB: weights in the arena %.1f "
-           "(VAE %.1f) + activations and workspaces %.1f)\n", dec, vae, mib(be_peak_vae), mib(b->weights), mib(wv),
+           "(VAE %.1f) + activations and workspaces %.1f)\n", dec, vae, mib(be_peak_vae), mib(w_dec), mib(wv),
            mib(act_vae));
     if (b->gen_error[0])
         printf("generation failed: %s\n", b->gen_error);
@@ -652,7 +676,7 @@ static void report(bench *b)
     printf("driver memory   %9.1f MiB used after open (context), %.1f MiB peak, of %.1f MiB\n",
            mib(b->driver_open), mib(b->driver_peak), mib(b->driver_total));
     printf("arena peak      %9.1f MiB denoising (weights %.1f + activations and workspaces %.1f)\n",
-           mib(be_peak_unet), mib(b->weights), mib(act_unet));
+           mib(be_peak_unet), mib(w_unet), mib(act_unet));
     printf("host link       %9.2f MiB up / %.2f MiB down per step; decode %.2f up / %.2f down\n",
            mib(b->h2d_step), mib(b->d2h_step), mib(b->h2d_dec), mib(b->d2h_dec));
     if (b->nprof_unet)
