@@ -380,6 +380,19 @@ vf_status vf_be_dequant(vf_backend *be, vf_dbuf *dst, const void *src, vf_dtype 
     CALL(be, dequant, dst, src, fmt, OC, C, KH, KW);
 }
 
+vf_status vf_be_dequant_on(vf_backend *be, vf_stream s, vf_dbuf *dst, const void *src, vf_dtype fmt, int OC,
+                           int C, int KH, int KW)
+{
+    PTRS("dequant_on", dst, src);
+    if (fmt != VF_DTYPE_F8_E4M3 && fmt != VF_DTYPE_Q8 && fmt != VF_DTYPE_Q4)
+        return bad("dequant_on", "format must be F8_E4M3, Q8 or Q4");
+    if (OC <= 0 || C <= 0 || KH <= 0 || KW <= 0)
+        return bad("dequant_on", "dims must be positive");
+    if (s != VF_STREAM_COMPUTE && s != VF_STREAM_COPY && s != VF_STREAM_EXPAND)
+        return bad("dequant_on", "no such stream");
+    CALL0(be, dequant_on, s, dst, src, fmt, OC, C, KH, KW);
+}
+
 vf_dbuf *vf_be_at(const vf_backend *be, vf_dbuf *p, size_t n)
 {
     return (vf_dbuf *)((char *)p + n * be->esize);

@@ -67,7 +67,9 @@ typedef enum vf_act {
     VF_ACT_GELU_TANH,   /* tanh approximation           */
     VF_ACT_QUICK_GELU   /* x * sigmoid(1.702 x) (CLIP)  */
 } vf_act;
-typedef enum vf_stream { VF_STREAM_COMPUTE = 0, VF_STREAM_COPY } vf_stream;
+/* EXPAND (ABI 5): a third stream on which packed weights are expanded ahead
+ * of the compute that reads them (vf_be_dequant_on); the CPU has one order. */
+typedef enum vf_stream { VF_STREAM_COMPUTE = 0, VF_STREAM_COPY, VF_STREAM_EXPAND } vf_stream;
 
 /* ---- creating a backend ----------------------------------------------------- */
 
@@ -277,6 +279,13 @@ void vf_be_pinned_free(vf_backend *be, void *p);
 vf_status vf_be_dequant(vf_backend *be, vf_dbuf *dst, const void *src, vf_dtype fmt, int OC, int C, int KH,
                         int KW);
 
+/* The same on stream s (ABI 5): VF_STREAM_EXPAND lets the expansion of the
+ * next block run beside the compute of this one; the caller orders it with
+ * events (vf_be_record / vf_be_wait). Not profiled (the profiler times the
+ * compute stream). */
+vf_status vf_be_dequant_on(vf_backend *be, vf_stream s, vf_dbuf *dst, const void *src, vf_dtype fmt, int OC,
+                           int C, int KH, int KW);
+
 /* Host helper: (OC,C,KH,KW) -> (OC,KH,KW,C), esize-byte elements. */
 void vf_conv_weight_to_ohwi(void *dst, const void *src, size_t esize, int OC, int C, int KH, int KW);
 
@@ -286,7 +295,7 @@ void vf_conv_weight_to_ohwi(void *dst, const void *src, size_t esize, int OC, in
  * failure last_error(impl) gives the backend's message for the latest failure
  * (the wrappers above prefix it with the op's name). Dims were validated by
  * the wrappers (positive, products fit size_t, G divides C, ...). */
-#define VF_BACKEND_ABI 4
+#define VF_BACKEND_ABI 5
 
 typedef struct vf_backend_ops {
     int abi;                        /* VF_BACKEND_ABI                           */
@@ -347,6 +356,9 @@ typedef struct vf_backend_ops {
     void (*set_allocator)(void *impl, const vf_be_allocator *a);
     /* ABI 4: raw device -> host bytes (weights demoted to host memory) */
     vf_status (*d2h)(void *impl, void *dst, const void *src, size_t bytes);
+    /* ABI 5: dequant on a given stream (VF_STREAM_EXPAND) */
+    vf_status (*dequant_on)(void *impl, vf_stream s, void *dst, const void *src, vf_dtype fmt, int OC, int C,
+                            int KH, int KW);
 } vf_backend_ops;
 
 /* What the CPU backend and the plugin provide. */

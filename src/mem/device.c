@@ -206,6 +206,24 @@ vf_status vf_device_dequant(vf_device *d, void *dst, const void *src, vf_dtype f
     return d->ops->dequant(d->impl, dst, src, fmt, OC, C, KH, KW);
 }
 
+vf_status vf_device_ahead_wait(vf_device *d, vf_event *ev)
+{
+    return d->ops->ahead_wait ? d->ops->ahead_wait(d->impl, ev) : VF_OK;
+}
+
+vf_status vf_device_ahead_dequant(vf_device *d, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH,
+                                  int KW)
+{
+    if (!d->ops->ahead_dequant)
+        return vf_device_dequant(d, dst, src, fmt, OC, C, KH, KW);
+    return d->ops->ahead_dequant(d->impl, dst, src, fmt, OC, C, KH, KW);
+}
+
+vf_status vf_device_ahead_fence(vf_device *d, vf_event *ev)
+{
+    return d->ops->ahead_fence ? d->ops->ahead_fence(d->impl, ev) : VF_OK;
+}
+
 vf_status vf_device_pinned_alloc(vf_device *d, uint64_t bytes, void **p)
 {
     *p = NULL;

@@ -78,6 +78,13 @@ typedef struct vf_device_ops {
      * copy has finished, without allocating, so that a caller whose event
      * could not be recorded still never frees memory a copy reads. */
     void (*drain)(void *impl);
+    /* Optional (NULL: dequant at once, no ordering needed): a third stream
+     * on which the next block's packed weights expand while this one computes.
+     * ahead_wait: expansions queued later wait for ev; ahead_dequant: dequant
+     * queued there; ahead_fence: record ev after the expansions queued so far. */
+    vf_status (*ahead_wait)(void *impl, vf_event *ev);
+    vf_status (*ahead_dequant)(void *impl, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH, int KW);
+    vf_status (*ahead_fence)(void *impl, vf_event *ev);
 } vf_device_ops;
 
 /* Wraps a backend: context_bytes is what the backend holds before any reserve
@@ -164,6 +171,13 @@ vf_status vf_device_compute_fence(vf_device *d, vf_event *ev);
 vf_status vf_device_copy_after(vf_device *d, vf_event *ev);
 /* A packed weight (OC,C,KH,KW) of format fmt at src -> its compute image at dst. */
 vf_status vf_device_dequant(vf_device *d, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH, int KW);
+/* The same, queued ahead of compute (see ahead_* above); where the device has
+ * no third stream it runs at once and the wait and fence do nothing. Compute
+ * that reads dst waits for a fence recorded after it (vf_device_compute_wait). */
+vf_status vf_device_ahead_wait(vf_device *d, vf_event *ev);
+vf_status vf_device_ahead_dequant(vf_device *d, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH,
+                                  int KW);
+vf_status vf_device_ahead_fence(vf_device *d, vf_event *ev);
 
 /* CUDA: the device of a CUDA compute backend (backend/backend.h), which must
  * outlive it. context_bytes: device memory held before any reserve (the CUDA

@@ -2,7 +2,7 @@
  *
  * The arena, the residency manager and the staging ring are the same code on
  * the simulated device and here; this file only maps the device contract onto
- * the backend's raw operations (backend/backend.h, ABI 3): reserve is one
+ * the backend's raw operations (backend/backend.h, ABI 5): reserve is one
  * cudaMalloc, copies go on the backend's copy stream, events are CUDA events,
  * pinned memory is cudaHostAlloc. It talks to the plugin only through the
  * vf_be_* wrappers, so the core still builds and runs without CUDA.
@@ -11,8 +11,10 @@
  * the host queues block i's compute and moves on. So the residency's ordering
  * points become stream ordering (compute_wait / compute_fence / copy_after):
  * compute waits on the device for a block's copy, and a copy into a ring slot
- * waits for the compute that last read the slot. The host blocks only where
- * it must (a pinned bounce buffer it is about to refill, teardown).
+ * waits for the compute that last read the slot. Packed weights of the next
+ * block expand on a third stream (ahead_*) while this block computes. The
+ * host blocks only where it must (a pinned bounce buffer it is about to
+ * refill, teardown).
  *
  * Event completion times are not observable from the host without blocking,
  * so event_time is 0 here (traces of copy/compute overlap are a simulated
@@ -138,6 +140,20 @@ static vf_status cd_dequant(void *impl, void *dst, const void *src, vf_dtype fmt
     return vf_be_dequant(be_of(impl), (vf_dbuf *)dst, src, fmt, OC, C, KH, KW);
 }
 
+static vf_status cd_ahead_wait(void *impl, vf_event *ev)
+{
+    cuda_event *e = (cuda_event *)ev;
+    return e->recorded ? vf_be_wait(be_of(impl), VF_STREAM_EXPAND, e->ev) : VF_OK;
+}
+
+static vf_status cd_ahead_dequant(void *impl, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH,
+                                  int KW)
+{
+    return vf_be_dequant_on(be_of(impl), VF_STREAM_EXPAND, (vf_dbuf *)dst, src, fmt, OC, C, KH, KW);
+}
+
+static vf_status cd_ahead_fence(void *impl, vf_event *ev) { return record_on(impl, ev, VF_STREAM_EXPAND); }
+
 static void cd_drain(void *impl)
 {
     if (vf_be_sync(be_of(impl)) != VF_OK)
@@ -166,6 +182,9 @@ static const vf_device_ops cuda_ops = {
     .copy_after = cd_copy_after,
     .dequant = cd_dequant,
     .drain = cd_drain,
+    .ahead_wait = cd_ahead_wait,
+    .ahead_dequant = cd_ahead_dequant,
+    .ahead_fence = cd_ahead_fence,
 };
 
 vf_status vf_device_cuda_create(vf_backend *be, uint64_t context_bytes, vf_device **out)

@@ -19,6 +19,12 @@
  * queued copy is followed by a recorded event; acquire waits on it. A failed
  * copy empties its slot, so the next acquire copies again.
  *
+ * Packed (quantized) weights expand into one of two scratch slots before
+ * their block computes. When a block is acquired, the next resident block in
+ * execution order is expanded into the other slot on the device's expand
+ * stream, so that its memory-bound expansion overlaps this block's GEMMs
+ * rather than preceding its own (expand_ahead).
+ *
  * Host memory is counted per residency and reported to the monitor; the
  * residency registers with the monitor so clear_cache can drop conversions.
  */
@@ -30,6 +36,7 @@
 #include "mem/monitor.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Blocks holding packed weights at once (each expands into its own scratch). */
@@ -59,6 +66,9 @@ typedef struct scratch {
     uint64_t off;
     void *dev;
     int users, has_off;
+    int ahead;            /* block expanded into it before its acquire, or -1 */
+    vf_event *ready;      /* after that expansion, on the expand stream     */
+    vf_event *freed;      /* after the compute that last read the slot      */
 } scratch;
 
 typedef struct slot {
@@ -84,6 +94,7 @@ struct vf_residency {
     vf_device *dev;
     vf_arena *arena;
     int *stream;          /* streamed blocks in execution order          */
+    int *next;            /* the block acquired after each one           */
     int nstream, cur;
     slot *slots;
     int nslots;
@@ -93,6 +104,7 @@ struct vf_residency {
     vf_event *sync_ev;
     int ntrace;
     scratch scr[SCRATCH_SLOTS]; /* packed weights expanded for compute     */
+    int no_ahead;         /* $VF_EXPAND_AHEAD=0: expand at acquire only  */
     uint64_t scr_bytes;
 };
 
@@ -371,6 +383,8 @@ static void cpu_release(vf_residency *r, int b)
  * (whoever waits on its own event sees it; this is for teardown). */
 static void sync_all(vf_residency *r)
 {
+    if (vf_device_ahead_fence(r->dev, r->sync_ev) == VF_OK)
+        (void)vf_device_event_wait(r->dev, r->sync_ev);
     if (vf_device_compute_fence(r->dev, r->sync_ev) == VF_OK)
         (void)vf_device_event_wait(r->dev, r->sync_ev);
     if (vf_device_event_record(r->dev, r->sync_ev) == VF_OK)
@@ -593,35 +607,30 @@ static void trace_begin(vf_residency *r, int b, const slot *sl, int waited)
     s->trace_at = r->ntrace++;
 }
 
-/* Block b's packed weights expanded into a scratch slot for compute, queued
- * after its bytes arrived; ptrs (pointing into its image) are redirected. */
-static vf_status expand(vf_residency *r, int b, const float **ptrs)
+/* How expand_into reaches a block's scratch slot. */
+typedef enum expand_mode { EXPAND_COMPUTE, EXPAND_AHEAD, EXPAND_POINT } expand_mode;
+
+/* Block b's packed weights into its scratch slot (s->scr): queued on the
+ * compute stream, queued on the expand stream, or only pointed at (already
+ * expanded); ptrs (pointing into its image) are redirected. */
+static vf_status expand_into(vf_residency *r, int b, const float **ptrs, expand_mode mode)
 {
-    block_state *s = &r->blocks[b];
     const vf_block *blk = &r->bl->blocks[b];
-    if (!s->npacked)
-        return VF_OK;
-    if (s->scr < 0) {
-        int k = 0;
-        while (k < SCRATCH_SLOTS && r->scr[k].users)
-            k++;
-        if (k == SCRATCH_SLOTS)
-            return vf_error(VF_ERR_BUDGET, "block '%s': more than %d blocks with quantized weights in use at once",
-                            blk->name, SCRATCH_SLOTS);
-        s->scr = k;
-        r->scr[k].users = 1;
-    }
     uint64_t at = 0;
     for (int j = 0; j < blk->nw; j++) {
         const vf_wspec *w = &r->bl->w[blk->first_w + j];
         if (!packed(r->opt.quant, w))
             continue;
         int64_t numel = vf_shape_numel(w->shape, w->ndim);
-        int four = w->ndim == 4;
-        void *dst = (char *)r->scr[s->scr].dev + at;
-        vf_status st = vf_device_dequant(r->dev, dst, ptrs[j], r->opt.quant, (int)w->shape[0],
-                                         four ? (int)w->shape[1] : (int)(numel / w->shape[0]),
-                                         four ? (int)w->shape[2] : 1, four ? (int)w->shape[3] : 1);
+        int four = w->ndim == 4, OC = (int)w->shape[0];
+        int C = four ? (int)w->shape[1] : (int)(numel / w->shape[0]);
+        int KH = four ? (int)w->shape[2] : 1, KW = four ? (int)w->shape[3] : 1;
+        void *dst = (char *)r->scr[r->blocks[b].scr].dev + at;
+        vf_status st = VF_OK;
+        if (mode == EXPAND_COMPUTE)
+            st = vf_device_dequant(r->dev, dst, ptrs[j], r->opt.quant, OC, C, KH, KW);
+        else if (mode == EXPAND_AHEAD)
+            st = vf_device_ahead_dequant(r->dev, dst, ptrs[j], r->opt.quant, OC, C, KH, KW);
         if (st != VF_OK)
             return vf_error_prefix(st, "expanding '%s'", w->name);
         ptrs[j] = dst;
@@ -630,11 +639,112 @@ static vf_status expand(vf_residency *r, int b, const float **ptrs)
     return VF_OK;
 }
 
+/* A scratch slot for an expansion on the compute stream: a free one, else one
+ * holding a block expanded ahead that was not acquired after all (compute
+ * waits for that expansion before writing over it). -1: none. */
+static int take_scratch(vf_residency *r)
+{
+    for (int k = 0; k < SCRATCH_SLOTS; k++)
+        if (!r->scr[k].users)
+            return k;
+    for (int k = 0; k < SCRATCH_SLOTS; k++) {
+        scratch *x = &r->scr[k];
+        if (x->ahead < 0 || r->blocks[x->ahead].acquired)
+            continue;
+        if (vf_device_compute_wait(r->dev, x->ready) != VF_OK) {
+            vf_clear_error();
+            sync_all(r);
+        }
+        r->blocks[x->ahead].scr = -1;
+        x->ahead = -1;
+        x->users = 0;
+        return k;
+    }
+    return -1;
+}
+
+/* Block b's packed weights expanded for compute; ptrs are redirected. When
+ * they were expanded ahead (expand_ahead), compute only waits for that. */
+static vf_status expand(vf_residency *r, int b, const float **ptrs)
+{
+    block_state *s = &r->blocks[b];
+    const vf_block *blk = &r->bl->blocks[b];
+    if (!s->npacked)
+        return VF_OK;
+    if (s->scr >= 0 && r->scr[s->scr].ahead == b) {
+        scratch *x = &r->scr[s->scr];
+        x->ahead = -1;
+        vf_status st = vf_device_compute_wait(r->dev, x->ready);
+        if (st != VF_OK)
+            return vf_error_prefix(st, "block '%s': its expansion", blk->name);
+        return expand_into(r, b, ptrs, EXPAND_POINT);
+    }
+    if (s->scr < 0) {
+        int k = take_scratch(r);
+        if (k < 0)
+            return vf_error(VF_ERR_BUDGET, "block '%s': more than %d blocks with quantized weights in use at once",
+                            blk->name, SCRATCH_SLOTS);
+        s->scr = k;
+        r->scr[k].users = 1;
+    }
+    return expand_into(r, b, ptrs, EXPAND_COMPUTE);
+}
+
+/* Queues the expansion of resident block n (the next to be acquired) on the
+ * device's expand stream, so that it runs while the current block computes
+ * instead of before the next one: on the GPU the expansion is memory-bound
+ * and the GEMMs are not, so the two overlap. Streamed blocks are left to
+ * their acquire (their bytes are still on the link, which then bounds the
+ * step anyway). Best effort: whatever fails here, n expands at its acquire,
+ * which reports the failure if it recurs. */
+static void expand_ahead(vf_residency *r, int n)
+{
+    block_state *s = n >= 0 && !r->no_ahead ? &r->blocks[n] : NULL;
+    if (!s || !s->npacked || s->acquired || s->scr >= 0 || s->home != VF_TIER_DEVICE || s->spos >= 0)
+        return;
+    int k = 0;
+    while (k < SCRATCH_SLOTS && r->scr[k].users)
+        k++;
+    if (k == SCRATCH_SLOTS)
+        return;
+    scratch *x = &r->scr[k];
+    vf_status st = load_resident(r, n);
+    if (st == VF_OK) {
+        point(r, n, vf_arena_ptr(r->arena, s->off), s->ptrs);
+        st = vf_device_ahead_wait(r->dev, x->freed);
+    }
+    if (st == VF_OK) {
+        s->scr = k;
+        x->users = 1;
+        x->ahead = n;
+        st = expand_into(r, n, s->ptrs, EXPAND_AHEAD);
+        if (st == VF_OK)
+            st = vf_device_ahead_fence(r->dev, x->ready);
+        if (st != VF_OK) {
+            sync_all(r); /* nothing queued may still write the slot */
+            s->scr = -1;
+            x->users = 0;
+            x->ahead = -1;
+        }
+    }
+    if (st != VF_OK)
+        vf_clear_error();
+}
+
+/* The block's scratch slot is free again once the compute queued so far
+ * (its last reader) is done; an expansion ahead into it waits for that. */
 static void scratch_done(vf_residency *r, block_state *s)
 {
-    if (s->scr >= 0)
-        r->scr[s->scr].users = 0;
+    if (s->scr < 0)
+        return;
+    scratch *x = &r->scr[s->scr];
+    x->users = 0;
+    x->ahead = -1;
     s->scr = -1;
+    if (vf_device_compute_fence(r->dev, x->freed) != VF_OK) {
+        vf_clear_error();
+        sync_all(r);
+    }
 }
 
 static vf_status stream_acquire(vf_residency *r, int b, const float *const **w)
@@ -674,6 +784,7 @@ static vf_status stream_acquire(vf_residency *r, int b, const float *const **w)
         }
     }
     s->acquired++;
+    expand_ahead(r, r->next[b]);
     trace_begin(r, b, sl, waited);
     *w = ptrs;
     return VF_OK;
@@ -694,6 +805,7 @@ static vf_status device_acquire(vf_residency *r, int b, const float *const **w)
         }
     }
     s->acquired++;
+    expand_ahead(r, r->next[b]);
     trace_begin(r, b, NULL, 0);
     *w = s->ptrs;
     return VF_OK;
@@ -750,7 +862,8 @@ static vf_status build_stream(vf_residency *r)
     const vf_blocklist *bl = r->bl;
     const int *order = r->opt.order;
     r->stream = vf_malloc(sizeof(int) * (size_t)(bl->nblocks ? bl->nblocks : 1));
-    if (!r->stream)
+    r->next = vf_malloc(sizeof(int) * (size_t)(bl->nblocks ? bl->nblocks : 1));
+    if (!r->stream || !r->next)
         return vf_error_prefix(VF_ERR_NO_MEMORY, "residency: stream");
     for (int i = 0; i < bl->nblocks; i++) {
         int b = order ? order[i] : i;
@@ -764,6 +877,8 @@ static vf_status build_stream(vf_residency *r)
     }
     for (int b = 0; b < bl->nblocks; b++)
         r->blocks[b].spos = -1;
+    for (int i = 0; i < bl->nblocks; i++)
+        r->next[order ? order[i] : i] = order ? order[(i + 1) % bl->nblocks] : (i + 1) % bl->nblocks;
     for (int i = 0; i < r->nstream; i++)
         r->blocks[r->stream[i]].spos = i;
     return VF_OK;
@@ -858,13 +973,17 @@ static void device_teardown(vf_residency *r)
         vf_free(s->ptrs);
         s->ptrs = NULL;
     }
-    for (int k = 0; k < SCRATCH_SLOTS; k++)
+    for (int k = 0; k < SCRATCH_SLOTS; k++) {
         if (r->scr[k].has_off)
             vf_arena_release(r->arena, r->scr[k].off);
+        vf_device_event_destroy(r->dev, r->scr[k].ready);
+        vf_device_event_destroy(r->dev, r->scr[k].freed);
+    }
     vf_device_event_destroy(r->dev, r->sync_ev);
     vf_free(r->slots);
     vf_free(r->slot_ptrs);
     vf_free(r->stream);
+    vf_free(r->next);
 }
 
 static vf_status device_setup(vf_residency *r)
@@ -890,10 +1009,18 @@ static vf_status device_setup(vf_residency *r)
     VF_TRY(vf_device_event_create(r->dev, &r->sync_ev));
     VF_TRY(build_stream(r));
     VF_TRY(setup_ring(r));
+    for (int k = 0; k < SCRATCH_SLOTS; k++)
+        r->scr[k].ahead = -1;
+    /* A diagnostics switch: A/B benchmarks, and the GPU test that the two
+     * orders give the same bits. */
+    const char *env = getenv("VF_EXPAND_AHEAD");
+    r->no_ahead = env && strcmp(env, "0") == 0;
     for (int k = 0; r->scr_bytes && k < SCRATCH_SLOTS; k++) {
         VF_TRY(vf_arena_alloc(r->arena, r->scr_bytes, "quantized weights' expansion", &r->scr[k].off));
         r->scr[k].has_off = 1;
         r->scr[k].dev = vf_arena_ptr(r->arena, r->scr[k].off);
+        VF_TRY(vf_device_event_create(r->dev, &r->scr[k].ready));
+        VF_TRY(vf_device_event_create(r->dev, &r->scr[k].freed));
     }
     return setup_resident(r);
 }

@@ -218,6 +218,66 @@ static void test_sdxl_synth_vs_cpu(void)
     unlink(cpu);
 }
 
+/* Q8 weights on the GPU expand ahead of their compute on a stream of their
+ * own (mem/residency.c); with $VF_EXPAND_AHEAD=0 each expands on the compute
+ * stream at its acquire. The kernels and inputs are the same, so every stage
+ * must agree bit for bit: a missing wait between the streams shows here.
+ * The convolution path is fixed (by default each shape takes whichever path
+ * measured faster, which may differ between two runs). */
+static void test_sdxl_q8_expand_ahead(void)
+{
+    SKIP_WITHOUT_SHARED(shared);
+    SKIP_WITHOUT_CUDA();
+    ref_params r;
+    char dir[512];
+    CHECK(read_ref_params(shared, "tiny-sdxl", &r));
+    snprintf(dir, sizeof dir, "%s/reference/tiny-sdxl/diffusers", shared);
+    vf_generate_params p;
+    vf_generate_params_init(&p);
+    p.prompt = r.prompt;
+    p.negative_prompt = r.negative;
+    p.steps = r.steps;
+    p.guidance_scale = r.guidance;
+    p.width = r.width;
+    p.height = r.height;
+    p.seed = r.seed;
+    char paths[2][512];
+    vf_st_file *dump[2] = {NULL, NULL};
+    int ok = 1;
+    setenv("VF_CUDA_CONV", "cudnn", 1);
+    for (int i = 0; i < 2 && ok; i++) {
+        snprintf(paths[i], sizeof paths[i], "%s", tmp_path(i ? "q8_at_acquire.safetensors" : "q8_ahead.safetensors"));
+        if (i)
+            setenv("VF_EXPAND_AHEAD", "0", 1);
+        vf_pipeline_options po;
+        vf_pipeline_options_init(&po);
+        po.device = "cuda";
+        po.dtype_policy = VF_DTYPE_POLICY_Q8;
+        vf_model_options o;
+        vf_model_options_init(&o);
+        o.pipeline = &po;
+        vf_model *m = NULL;
+        vf_image *img = NULL;
+        p.dump_path = paths[i];
+        vf_status st = vf_model_open(dir, &o, &m);
+        if (st == VF_OK)
+            st = vf_generate(m, &p, &img);
+        CHECK_MSG(st == VF_OK, "tiny-sdxl q8 on cuda (%s): %s", i ? "at acquire" : "ahead", vf_last_error());
+        ok = st == VF_OK && vf_st_open(paths[i], &dump[i]) == VF_OK;
+        vf_image_free(img);
+        vf_model_close(m);
+        unsetenv("VF_EXPAND_AHEAD");
+    }
+    unsetenv("VF_CUDA_CONV");
+    if (ok)
+        compare_stages(dump[0], dump[1], r.steps, 0.0, "tiny-sdxl q8: ahead vs at acquire");
+    for (int i = 0; i < 2; i++) {
+        vf_st_close(dump[i]);
+        unlink(paths[i]);
+    }
+}
+
 TEST_MAIN(TEST(test_sd15_diffusers_f16), TEST(test_sd15_single_f16), TEST(test_sdxl_diffusers_f16),
           TEST(test_sdxl_single_f16), TEST(test_sd15_diffusers_bf16), TEST(test_sd15_single_bf16),
-          TEST(test_sdxl_diffusers_bf16), TEST(test_sdxl_single_bf16), TEST(test_sdxl_synth_vs_cpu))
+          TEST(test_sdxl_diffusers_bf16), TEST(test_sdxl_single_bf16), TEST(test_sdxl_synth_vs_cpu),
+          TEST(test_sdxl_q8_expand_ahead))

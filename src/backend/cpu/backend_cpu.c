@@ -342,6 +342,14 @@ static vf_status cpu_dequant(void *impl, void *dst, const void *src, vf_dtype fm
     return keep(impl, vf_dequantize(fmt, src, OC, (int64_t)C * KH * KW, dst));
 }
 
+/* One order on the CPU: every stream is the caller's thread. */
+static vf_status cpu_dequant_on(void *impl, vf_stream s, void *dst, const void *src, vf_dtype fmt, int OC, int C,
+                                int KH, int KW)
+{
+    (void)s;
+    return cpu_dequant(impl, dst, src, fmt, OC, C, KH, KW);
+}
+
 /* Host memory is the monitor's business on the CPU: buffers stay vf_malloc. */
 static void cpu_set_allocator(void *impl, const vf_be_allocator *a) { (void)impl, (void)a; }
 
@@ -352,7 +360,7 @@ static const vf_backend_ops cpu_ops = {
     cpu_event_sync, cpu_elapsed_ms, cpu_linear, cpu_conv2d, cpu_groupnorm, cpu_layernorm, cpu_act,
     cpu_geglu, cpu_add, cpu_axpby, cpu_attention, cpu_upsample2x, cpu_concat, cpu_fm_to_tokens,
     cpu_tokens_to_fm, cpu_timestep_embedding, cpu_mem_stats, cpu_alloc, cpu_free, cpu_pinned_alloc,
-    cpu_free, cpu_dequant, cpu_set_allocator, cpu_d2h,
+    cpu_free, cpu_dequant, cpu_set_allocator, cpu_d2h, cpu_dequant_on,
 };
 
 vf_status vf_backend_cpu_open(const vf_backend_open_args *a, const vf_backend_ops **ops, void **impl,

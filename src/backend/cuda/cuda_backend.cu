@@ -43,6 +43,8 @@ void be_destroy(cuda_be *be)
         cudaStreamSynchronize(be->compute);
     if (be->copy)
         cudaStreamSynchronize(be->copy);
+    if (be->expand)
+        cudaStreamSynchronize(be->expand);
     cuda_conv_free(be);
     cuda_gemm_free(be);
     if (be->xfer.p)
@@ -59,6 +61,8 @@ void be_destroy(cuda_be *be)
         cudaStreamDestroy(be->compute);
     if (be->copy)
         cudaStreamDestroy(be->copy);
+    if (be->expand)
+        cudaStreamDestroy(be->expand);
     free(be);
 }
 
@@ -153,6 +157,7 @@ static vf_status cb_sync(void *impl)
 {
     cuda_be *be = (cuda_be *)impl;
     CU_TRY(be, cudaStreamSynchronize(be->copy), "copy stream");
+    CU_TRY(be, cudaStreamSynchronize(be->expand), "expand stream");
     CU_TRY(be, cudaStreamSynchronize(be->compute), "compute stream");
     return cu_check(be, cudaGetLastError(), "device");
 }
@@ -168,7 +173,10 @@ static vf_status cb_event_create(void *impl, void **ev)
 
 static void cb_event_destroy(void *impl, void *ev) { cudaEventDestroy((cudaEvent_t)ev); }
 
-static cudaStream_t stream_of(cuda_be *be, vf_stream s) { return s == VF_STREAM_COPY ? be->copy : be->compute; }
+static cudaStream_t stream_of(cuda_be *be, vf_stream s)
+{
+    return s == VF_STREAM_COPY ? be->copy : s == VF_STREAM_EXPAND ? be->expand : be->compute;
+}
 
 static vf_status cb_record(void *impl, void *ev, vf_stream s)
 {
@@ -205,6 +213,7 @@ static void cb_unreserve(void *impl, void *p)
 {
     cuda_be *be = (cuda_be *)impl;
     cudaStreamSynchronize(be->copy);
+    cudaStreamSynchronize(be->expand);
     cudaStreamSynchronize(be->compute);
     cudaFree(p);
 }
@@ -232,8 +241,34 @@ static const vf_backend_ops cuda_ops = {
     cuda_act,        cuda_geglu,             cuda_add,     cuda_axpby,       cuda_attention,
     cuda_upsample2x, cuda_concat,            cuda_fm_copy, cuda_fm_copy,     cuda_timestep_embedding,
     cb_mem_stats,    cb_reserve,             cb_unreserve, cb_pinned_alloc,  cb_pinned_free,
-    cuda_dequant,    cb_set_allocator,       cb_d2h,
+    cuda_dequant,    cb_set_allocator,       cb_d2h,       cuda_dequant_on,
 };
+
+/* The driver reserves local memory for every thread the GPU can hold:
+ * stack bytes x threads per SM x SMs, 264 MiB of an H100 at the default 1 KiB
+ * (bench/ctx_probe.cu), before anything of ours is allocated. Our kernels use
+ * at most 32 bytes of stack (ptxas) and the cuBLAS/cuDNN kernels of a whole
+ * SDXL run none past 256 (the driver peak stayed at context + arena), so the
+ * limit is 256: 198 MiB more for weights under a budget. A kernel that needs
+ * more still runs: the driver grows the reservation, which the driver peak
+ * shows. $VF_CUDA_STACK sets other bytes, "driver" keeps the driver's. */
+static vf_status set_stack_limit(cuda_be *be)
+{
+    const char *env = getenv("VF_CUDA_STACK");
+    size_t bytes = 256;
+    if (env && strcmp(env, "driver") == 0)
+        return VF_OK;
+    if (env && *env) {
+        char *end = NULL;
+        unsigned long long v = strtoull(env, &end, 10);
+        if (!end || *end || v > (1u << 20))
+            return be_fail(be, VF_ERR_INVALID_ARG, "VF_CUDA_STACK='%s': expected bytes (at most 1048576) or 'driver'",
+                           env);
+        bytes = (size_t)v;
+    }
+    CU_TRY(be, cudaDeviceSetLimit(cudaLimitStackSize, bytes), "cudaDeviceSetLimit(stack)");
+    return VF_OK;
+}
 
 static vf_status open_device(cuda_be *be, const vf_backend_open_args *a, vf_backend_info *info)
 {
@@ -247,8 +282,10 @@ static vf_status open_device(cuda_be *be, const vf_backend_open_args *a, vf_back
     if (be->prop.major < 8)
         return be_fail(be, VF_ERR_UNSUPPORTED, "%s has compute capability %d.%d; 8.0 or newer is needed",
                        be->prop.name, be->prop.major, be->prop.minor);
+    VF_TRY(set_stack_limit(be));
     CU_TRY(be, cudaStreamCreateWithFlags(&be->compute, cudaStreamNonBlocking), "compute stream");
     CU_TRY(be, cudaStreamCreateWithFlags(&be->copy, cudaStreamNonBlocking), "copy stream");
+    CU_TRY(be, cudaStreamCreateWithFlags(&be->expand, cudaStreamNonBlocking), "expand stream");
     CU_TRY(be, cudaEventCreateWithFlags(&be->order, cudaEventDisableTiming), "event");
     cudaMemPoolProps pp;
     memset(&pp, 0, sizeof pp);

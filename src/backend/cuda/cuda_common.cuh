@@ -39,7 +39,7 @@ typedef struct cuda_be {
     int device;
     vf_dtype dtype;
     cudaDeviceProp prop;
-    cudaStream_t compute, copy;
+    cudaStream_t compute, copy, expand; /* expand: packed weights ahead of compute */
     cudaEvent_t order;              /* internal: compute -> copy ordering     */
     cublasLtHandle_t lt;
     cublasHandle_t blas;
@@ -248,5 +248,7 @@ vf_status cuda_upload_conv_weight(void *impl, void *dst, const void *src, vf_dty
                                   int KH, int KW);
 /* cuda_quant.cu: a packed quantized weight -> compute dtype, filter layout. */
 vf_status cuda_dequant(void *impl, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH, int KW);
+vf_status cuda_dequant_on(void *impl, vf_stream s, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH,
+                          int KW);
 
 #endif

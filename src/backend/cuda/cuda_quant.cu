@@ -213,7 +213,7 @@ int ohwi_tile(int C, int khw)
 }
 
 template <typename T, int FMT>
-vf_status launch(cuda_be *be, void *dst, const void *src, int OC, int C, int KH, int KW)
+vf_status launch(cuda_be *be, cudaStream_t st, void *dst, const void *src, int OC, int C, int KH, int KW)
 {
     int khw = KH * KW;
     size_t K = (size_t)C * khw, dr, sr;
@@ -225,33 +225,32 @@ vf_status launch(cuda_be *be, void *dst, const void *src, int OC, int C, int KH,
     int ct = khw > 1 ? ohwi_tile(C, khw) : 0;
     if (khw == 1 && aligned && K % 32 == 0) {
         size_t per = FMT == FMT_Q4 ? 32 : 16, groups = (size_t)OC * K / per;
-        k_dequant_rows<T, FMT><<<grid_for(groups, TPB), TPB, 0, be->compute>>>(d, s, groups, K / per, scale_off, spr);
+        k_dequant_rows<T, FMT><<<grid_for(groups, TPB), TPB, 0, st>>>(d, s, groups, K / per, scale_off, spr);
     } else if (khw > 1 && aligned && C % 32 == 0 && ct && OC <= 65535) {
         dim3 grid((unsigned)(C / ct), (unsigned)OC);
         size_t smem = (size_t)ct * khw * sizeof(float);
-        k_dequant_ohwi<T, FMT><<<grid, 128, smem, be->compute>>>(d, s, C, khw, ct, dr, scale_off, spr);
+        k_dequant_ohwi<T, FMT><<<grid, 128, smem, st>>>(d, s, C, khw, ct, dr, scale_off, spr);
     } else {
         size_t n = (size_t)OC * K;
-        k_dequant_any<T, FMT><<<grid_for(n, TPB), TPB, 0, be->compute>>>(d, s, OC, C, khw, khw > 1, dr, scale_off,
+        k_dequant_any<T, FMT><<<grid_for(n, TPB), TPB, 0, st>>>(d, s, OC, C, khw, khw > 1, dr, scale_off,
                                                                           spr);
     }
     return launched(be, "dequant kernel");
 }
 
-template <typename T> vf_status dispatch(cuda_be *be, void *dst, const void *src, int fmt, int OC, int C, int KH, int KW)
+template <typename T>
+vf_status dispatch(cuda_be *be, cudaStream_t st, void *dst, const void *src, int fmt, int OC, int C, int KH, int KW)
 {
     switch (fmt) {
-    case FMT_F8: return launch<T, FMT_F8>(be, dst, src, OC, C, KH, KW);
-    case FMT_Q8: return launch<T, FMT_Q8>(be, dst, src, OC, C, KH, KW);
-    default: return launch<T, FMT_Q4>(be, dst, src, OC, C, KH, KW);
+    case FMT_F8: return launch<T, FMT_F8>(be, st, dst, src, OC, C, KH, KW);
+    case FMT_Q8: return launch<T, FMT_Q8>(be, st, dst, src, OC, C, KH, KW);
+    default: return launch<T, FMT_Q4>(be, st, dst, src, OC, C, KH, KW);
     }
 }
 
-} // namespace
-
-vf_status cuda_dequant(void *impl, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH, int KW)
+vf_status dequant_on(cuda_be *be, cudaStream_t st, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH,
+                     int KW)
 {
-    cuda_be *be = (cuda_be *)impl;
     int f = fmt == VF_DTYPE_F8_E4M3 ? FMT_F8 : fmt == VF_DTYPE_Q8 ? FMT_Q8 : fmt == VF_DTYPE_Q4 ? FMT_Q4 : -1;
     /* no vf_dtype_name here: the plugin links nothing of the core */
     if (f < 0)
@@ -259,6 +258,22 @@ vf_status cuda_dequant(void *impl, void *dst, const void *src, vf_dtype fmt, int
     if ((int64_t)C * KH * KW >= ((int64_t)1 << 31))
         return be_fail(be, VF_ERR_UNSUPPORTED, "quantized weight rows of %lld values are too long",
                        (long long)C * KH * KW);
-    DISPATCH(be, T, return dispatch<T>(be, dst, src, f, OC, C, KH, KW));
+    DISPATCH(be, T, return dispatch<T>(be, st, dst, src, f, OC, C, KH, KW));
     return VF_OK;
+}
+
+} // namespace
+
+vf_status cuda_dequant(void *impl, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH, int KW)
+{
+    cuda_be *be = (cuda_be *)impl;
+    return dequant_on(be, be->compute, dst, src, fmt, OC, C, KH, KW);
+}
+
+vf_status cuda_dequant_on(void *impl, vf_stream s, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH,
+                          int KW)
+{
+    cuda_be *be = (cuda_be *)impl;
+    cudaStream_t st = s == VF_STREAM_EXPAND ? be->expand : s == VF_STREAM_COPY ? be->copy : be->compute;
+    return dequant_on(be, st, dst, src, fmt, OC, C, KH, KW);
 }
