@@ -307,7 +307,8 @@ if [ "$MODE" = "ahead" ]; then
     # VF_AHEAD_ROWS to choose: full = full-GPU with and without expansion
     # ahead, budget = 2 and 3 GiB)
     if [ -z "${VF_AHEAD_NO_TESTS:-}" ]; then
-        "$BIN/test_cuda_quant" 2>&1 | tail -3 | tee "$OUT/ahead_tests.log"
+        "$BIN/test_cuda_ops" 2>&1 | grep -E '^FAIL|passed,' | tee "$OUT/ahead_tests.log"
+        "$BIN/test_cuda_quant" 2>&1 | tail -3 | tee -a "$OUT/ahead_tests.log"
         "$BIN/test_gpu_pipeline" 2>&1 | grep -E 'q8|passed|FAIL' | tee -a "$OUT/ahead_tests.log"
         VF_TESTDATA=tests/data "$BIN/test_gpu_pool" 2>&1 | tail -2 | tee -a "$OUT/ahead_tests.log"
     fi
@@ -327,7 +328,9 @@ if [ "$MODE" = "ahead" ]; then
                 done
             done
             budget_row f16_2G --vram-budget 2G | tee -a "$OUT/ahead.txt"
+            VF_CUDA_STACK=driver budget_row f16_2G_driver_stack --vram-budget 2G | tee -a "$OUT/ahead.txt"
             VF_CUDA_STACK=driver budget_row q8_2G_driver_stack --dtype q8 --vram-budget 2G | tee -a "$OUT/ahead.txt"
+            budget_row q4_2G --dtype q4 --vram-budget 2G | tee -a "$OUT/ahead.txt"
         fi
     done
     exit 0
