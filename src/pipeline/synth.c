@@ -3,9 +3,10 @@
  * Weights are generated and written in chunks of CHUNK elements through the
  * streaming safetensors writer, so memory is two small buffers whatever the
  * model's size. Element j of a tensor is a pure function of (seed, component,
- * tensor name, j): a splitmix64 finaliser over a counter, with the four 16-bit
- * lanes of each 64-bit output summed into an approximately normal value (the
- * Irwin-Hall sum of four uniforms, scaled to unit variance). Integer hashing
+ * tensor name, j): a splitmix64 finaliser over a counter, 24 of whose bits
+ * make a uniform value (layer weights and biases), or whose four 16-bit lanes
+ * summed make an approximately normal one (the Irwin-Hall sum of four
+ * uniforms, scaled to unit variance: embedding tables). Integer hashing
  * plus one float multiply is exact on every IEEE machine, so a seed gives the
  * same bytes everywhere; and it is a few nanoseconds per value, so the 2.6 G
  * parameters of SDXL's UNet cost less time than writing them.
@@ -62,7 +63,7 @@ static uint64_t tensor_key(uint64_t seed, const char *comp, const char *name)
     return mix64(h ^ mix64(seed));
 }
 
-typedef enum fill_kind { FILL_ZERO, FILL_ONE, FILL_NORMAL } fill_kind;
+typedef enum fill_kind { FILL_ZERO, FILL_ONE, FILL_NORMAL, FILL_UNIFORM } fill_kind;
 
 static int ends_with(const char *s, const char *suffix)
 {
@@ -70,23 +71,51 @@ static int ends_with(const char *s, const char *suffix)
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
-/* Biases 0, 1-D weights (norm scales) 1, embeddings std 0.02, other weights
- * std 1/sqrt(fan_in) with fan_in the product of all but the first dim. */
-static fill_kind tensor_fill(const vf_wspec *w, double *std)
+/* fan_in of a weight: the product of all but its first dim. */
+static double fan_in_of(const vf_wspec *w)
 {
-    if (ends_with(w->name, ".bias"))
-        return FILL_ZERO;
-    if (w->ndim == 1)
-        return FILL_ONE;
-    if (ends_with(w->name, "token_embedding.weight") || ends_with(w->name, "position_embedding.weight")) {
-        *std = 0.02;
-        return FILL_NORMAL;
-    }
     double fan_in = 1;
     for (int d = 1; d < w->ndim; d++)
         fan_in *= (double)w->shape[d];
-    *std = 1.0 / sqrt(fan_in);
-    return FILL_NORMAL;
+    return fan_in;
+}
+
+/* The weight beside bias b ("x.bias" -> "x.weight"), or NULL. */
+static const vf_wspec *weight_of_bias(const vf_blocklist *bl, const vf_wspec *b)
+{
+    size_t n = strlen(b->name) - strlen("bias");
+    for (int i = 0; i < bl->nw; i++) {
+        const char *name = bl->w[i].name;
+        if (strncmp(name, b->name, n) == 0 && strcmp(name + n, "weight") == 0)
+            return &bl->w[i];
+    }
+    return NULL;
+}
+
+/* What PyTorch's layers start from, as diffusers' from_config builds them:
+ * linear and convolution weights and biases uniform in +-1/sqrt(fan_in)
+ * (kaiming_uniform with a = sqrt(5)), norm scales 1 and shifts 0; embedding
+ * tables normal(0, 0.02) (CLIP's). *bound is the uniform bound or the std.
+ * (Until 2026-11-27 weights were normal(0, 1/sqrt(fan_in)) and biases 0: a
+ * random UNet that amplified weight errors about eightfold, where diffusers'
+ * own random SDXL amplifies them about threefold; bench/RESULTS.md.) */
+static fill_kind tensor_fill(const vf_blocklist *bl, const vf_wspec *w, double *bound)
+{
+    if (ends_with(w->name, ".bias")) {
+        const vf_wspec *wt = weight_of_bias(bl, w);
+        if (!wt || wt->ndim < 2)
+            return FILL_ZERO;
+        *bound = 1.0 / sqrt(fan_in_of(wt));
+        return FILL_UNIFORM;
+    }
+    if (w->ndim == 1)
+        return FILL_ONE;
+    if (ends_with(w->name, "token_embedding.weight") || ends_with(w->name, "position_embedding.weight")) {
+        *bound = 0.02;
+        return FILL_NORMAL;
+    }
+    *bound = 1.0 / sqrt(fan_in_of(w));
+    return FILL_UNIFORM;
 }
 
 // out is (n): values j0 .. j0+n-1 of the stream key, approximately normal(0, std)
@@ -100,6 +129,19 @@ static void gen_normal(uint64_t key, uint64_t j0, size_t n, double std, float *o
         int32_t s = (int32_t)(r & 0xFFFF) + (int32_t)((r >> 16) & 0xFFFF) +
                     (int32_t)((r >> 32) & 0xFFFF) + (int32_t)(r >> 48) - 131070;
         out[i] = (float)s * scale;
+    }
+}
+
+// out is (n): values j0 .. j0+n-1 of the stream key, uniform in (-bound, bound)
+static void gen_uniform(uint64_t key, uint64_t j0, size_t n, double bound, float *out)
+{
+    /* 24 random bits u give the odd integer 2u + 1 - 2^24, exact in float32,
+     * times one constant: the same bytes on every IEEE machine. */
+    const float scale = (float)(bound / 16777216.0);
+    uint64_t ctr = key + (j0 + 1) * 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < n; i++, ctr += 0x9E3779B97F4A7C15ull) {
+        int32_t u = (int32_t)(mix64(ctr) >> 40);
+        out[i] = (float)(2 * u + 1 - 16777216) * scale;
     }
 }
 
@@ -172,20 +214,22 @@ typedef struct progress {
     uint64_t done, total;
 } progress;
 
-static vf_status write_tensor(const synth_ctx *x, vf_st_writer *w, const char *comp,
+static vf_status write_tensor(const synth_ctx *x, vf_st_writer *w, const char *comp, const vf_blocklist *bl,
                               const vf_wspec *ws, progress *pr)
 {
     uint64_t numel = 1;
     for (int d = 0; d < ws->ndim; d++)
         numel *= (uint64_t)ws->shape[d];
-    double std = 0;
-    fill_kind kind = tensor_fill(ws, &std);
+    double bound = 0;
+    fill_kind kind = tensor_fill(bl, ws, &bound);
     uint64_t key = tensor_key(x->o->seed, comp, ws->name);
     size_t esz = vf_dtype_size(x->o->dtype);
     for (uint64_t j = 0; j < numel; j += CHUNK) {
         size_t n = numel - j < CHUNK ? (size_t)(numel - j) : CHUNK;
         if (kind == FILL_NORMAL) {
-            gen_normal(key, j, n, std, x->f32);
+            gen_normal(key, j, n, bound, x->f32);
+        } else if (kind == FILL_UNIFORM) {
+            gen_uniform(key, j, n, bound, x->f32);
         } else {
             for (size_t i = 0; i < n; i++)
                 x->f32[i] = kind == FILL_ONE ? 1.0f : 0.0f;
@@ -234,7 +278,7 @@ static vf_status write_weights(const synth_ctx *x, vf_component c, const vf_bloc
     vf_status st = vf_st_writer_open(path, ts, (size_t)bl->nw, meta, &w);
     progress pr = {x, rel, 0, total};
     for (int i = 0; st == VF_OK && i < bl->nw; i++)
-        st = write_tensor(x, w, vf_component_name(c), &bl->w[i], &pr);
+        st = write_tensor(x, w, vf_component_name(c), bl, &bl->w[i], &pr);
     if (st == VF_OK)
         st = vf_st_writer_close(w);
     else

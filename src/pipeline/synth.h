@@ -12,9 +12,11 @@
  * Weights stream to disk chunk by chunk from a counter-based generator, so
  * memory stays small for a 5 GB UNet and the bytes depend only on the seed,
  * the tensor's name and the dtype, never on the machine or the order of work.
- * Values: weights ~ normal(0, 1/sqrt(fan_in)) (a sum of four uniforms, so
- * bounded at 3.5 sigma), biases 0, norm scales 1, embeddings normal(0, 0.02):
- * activations stay finite through a full forward in f16.
+ * Values: as PyTorch initialises the layers when diffusers builds a model
+ * from its config: linear and convolution weights and biases uniform in
+ * +-1/sqrt(fan_in), norm scales 1 and shifts 0; embedding tables normal(0,
+ * 0.02) (a sum of four uniforms, bounded at 3.5 sigma). Activations stay
+ * finite through a full forward in f16.
  *
  * The folder is built in DIR.tmp-XXXXXX and renamed into place at the end, so a
  * failure (a full disk) leaves nothing behind but the error.

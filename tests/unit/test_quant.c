@@ -838,11 +838,16 @@ static void test_unet_quality_sdxl(void)
  * synth --arch sdxl`, the published shapes; 5.5 GB of RAM and about ten
  * minutes on two cores under ASan): one UNet call at a 32x32 latent, batch 1,
  * random conditioning, each storage dtype against the file's F16 values.
- * Measured (2026-11-27): BF16 1.34%, F8 24.5%, Q8 4.2%, Q4 52% (max rel;
- * RMS-based 1.4% / 30% / 3.9% / 57%). The random, untrained 2.6 G-parameter
- * UNet amplifies weight errors about tenfold (BF16's 0.1% per weight gives
- * 1.3%), so no 8-bit weight format meets the issue's 1e-2 here: BF16 itself
- * does not. The bounds are about 1.5 times what was measured. */
+ * Measured (2026-11-27, synth weights initialised as PyTorch initialises
+ * the layers): BF16 0.54%, F8 8.2%, Q8 1.15%, Q4 17% (max rel; RMS-based
+ * 0.45% / 6.9% / 1.04% / 15%). Q8 is 15% over the issue's 1e-2: int8 with a
+ * scale per 32 weights is 0.38% RMS per weight (uniform weights), and the
+ * random 2.6 G-parameter UNet amplifies weight errors about threefold, as
+ * diffusers' own randomly initialised SDXL does (an emulation in PyTorch: Q8
+ * 0.82%, BF16 0.47%, F8 5.9%). F8 cannot meet 1e-2 on any weights: e4m3's
+ * 3 mantissa bits are 2.6% RMS per weight. With the earlier synth init
+ * (normal weights, zero biases) the same UNet amplified eightfold: Q8 4.2%,
+ * BF16 1.34%. The bounds are about 1.5 times what was measured. */
 static void test_unet_quality_synth_sdxl(void)
 {
     const char *dir = getenv("VF_QUANT_SDXL");
@@ -850,7 +855,7 @@ static void test_unet_quality_synth_sdxl(void)
         printf("skip (set VF_QUANT_SDXL to a synthesized SDXL folder)\n");
         return;
     }
-    static const double tols[] = {0.0, 2e-2, 0.4, 6e-2, 0.8};
+    static const double tols[] = {0.0, 1e-2, 0.12, 1.7e-2, 0.25};
     unet_in in;
     memset(&in, 0, sizeof in);
     in.B = 1, in.H = in.W = 32;

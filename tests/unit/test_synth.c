@@ -235,7 +235,7 @@ static int files_equal(const char *a, const char *b)
     return eq;
 }
 
-/* Same seed, same bytes; another seed, other bytes; the scales as documented. */
+/* Same seed, same bytes; another seed, other bytes; the values as documented. */
 static void test_values(void)
 {
     char *root = tmp_scratch("synth");
@@ -271,11 +271,21 @@ static void test_values(void)
         s2 += (double)v[i] * v[i];
         mx = fabs(v[i]) > mx ? fabs(v[i]) : mx;
     }
-    double mean = s / (double)n, sd = sqrt(s2 / (double)n - mean * mean), want = 1 / sqrt(576.0);
-    CHECK_MSG(fabs(mean) < 0.05 * want && fabs(sd / want - 1) < 0.03, "mean %g sd %g want %g", mean, sd, want);
-    CHECK(mx <= 3.47 * want && mx > 2.5 * want); /* a sum of four uniforms: bounded tails */
+    /* uniform in +-1/sqrt(fan_in), as PyTorch initialises a Conv2d: std bound/sqrt(3) */
+    double mean = s / (double)n, sd = sqrt(s2 / (double)n - mean * mean), bound = 1 / sqrt(576.0);
+    CHECK_MSG(fabs(mean) < 0.05 * bound && fabs(sd * sqrt(3.0) / bound - 1) < 0.03, "mean %g sd %g bound %g", mean,
+              sd, bound);
+    CHECK_MSG(mx <= bound * (1 + 1e-3) && mx > 0.99 * bound, "max %g bound %g", mx, bound);
+    /* its bias: the same bound (the conv's fan_in), not all zero */
     n = read_values(fa, "down_blocks.2.resnets.0.conv2.bias", v, 1 << 16, shape);
     CHECK(n == 64);
+    double bmax = 0;
+    for (size_t i = 0; i < n; i++)
+        bmax = fabs(v[i]) > bmax ? fabs(v[i]) : bmax;
+    CHECK_MSG(bmax <= bound * (1 + 1e-3) && bmax > 0.5 * bound, "bias max %g bound %g", bmax, bound);
+    /* a norm's shift stays 0 */
+    n = read_values(fa, "down_blocks.2.resnets.0.norm1.bias", v, 1 << 16, shape);
+    CHECK(n > 0);
     for (size_t i = 0; i < n; i++)
         CHECK(v[i] == 0.0f);
     n = read_values(fa, "down_blocks.2.resnets.0.norm1.weight", v, 1 << 16, shape);
