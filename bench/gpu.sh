@@ -48,6 +48,8 @@
 #   bench/gpu.sh ahead         packed weights expanded ahead of compute: GPU
 #                              tests, full-GPU rows with and without it, the
 #                              8-bit rows at 2 and 3 GiB.
+#   bench/gpu.sh synthcheck    GPU tests, synthesized SDXL on CUDA against the
+#                              CPU, f16 full and q8/f8 at 2 GiB rows.
 #   bench/gpu.sh train-demo    trains the demo model (tools/demo/train.py)
 #                              into $OUT/demo.
 #
@@ -332,6 +334,19 @@ if [ "$MODE" = "ahead" ]; then
             VF_CUDA_STACK=driver budget_row q8_2G_driver_stack --dtype q8 --vram-budget 2G | tee -a "$OUT/ahead.txt"
             budget_row q4_2G --dtype q4 --vram-budget 2G | tee -a "$OUT/ahead.txt"
         fi
+    done
+    exit 0
+fi
+
+if [ "$MODE" = "synthcheck" ]; then
+    # after the synth's initialisation changed: the GPU tests, the synthesized
+    # SDXL on CUDA against the CPU, and the q8/f8 rows at 2 GiB on it
+    "$BIN/test_cuda_ops" 2>&1 | grep -E '^FAIL|passed,' | tee "$OUT/synthcheck.log"
+    "$BIN/test_gpu_pipeline" 2>&1 | grep -E '^FAIL|passed' | tee -a "$OUT/synthcheck.log"
+    synth_sdxl
+    VF_GPU_SYNTH_SDXL=$SX "$BIN/test_gpu_pipeline" 2>&1 | grep -E 'synth|passed' | tee -a "$OUT/synthcheck.log"
+    for row in "f16_full" "q8_2G --dtype q8 --vram-budget 2G" "f8_2G --dtype f8 --vram-budget 2G"; do
+        budget_row $row | tee -a "$OUT/synthcheck.log"
     done
     exit 0
 fi
