@@ -143,6 +143,19 @@ static int generate(const char *path, const char *cfgdir, const char *backend, v
     return st == VF_OK;
 }
 
+/* The reference's request as generate parameters. */
+static void params_of(const ref_params *r, vf_generate_params *p)
+{
+    vf_generate_params_init(p);
+    p->prompt = r->prompt;
+    p->negative_prompt = r->negative;
+    p->steps = r->steps;
+    p->guidance_scale = r->guidance;
+    p->width = r->width;
+    p->height = r->height;
+    p->seed = r->seed;
+}
+
 static void reference_run(const char *name, int single, const char *backend, double tol)
 {
     SKIP_WITHOUT_SHARED(shared);
@@ -155,14 +168,7 @@ static void reference_run(const char *name, int single, const char *backend, dou
     snprintf(ref, sizeof ref, "%s/reference/%s/reference.safetensors", shared, name);
     snprintf(label, sizeof label, "%s %s %s", name, single ? "single" : "diffusers", backend);
     vf_generate_params p;
-    vf_generate_params_init(&p);
-    p.prompt = r.prompt;
-    p.negative_prompt = r.negative;
-    p.steps = r.steps;
-    p.guidance_scale = r.guidance;
-    p.width = r.width;
-    p.height = r.height;
-    p.seed = r.seed;
+    params_of(&r, &p);
     const char *dump = tmp_path("ref.safetensors");
     vf_st_file *got = NULL, *want = NULL;
     if (generate(single ? file : dir, single ? dir : NULL, backend, &p, dump) &&
@@ -233,14 +239,7 @@ static void test_sdxl_q8_expand_ahead(void)
     CHECK(read_ref_params(shared, "tiny-sdxl", &r));
     snprintf(dir, sizeof dir, "%s/reference/tiny-sdxl/diffusers", shared);
     vf_generate_params p;
-    vf_generate_params_init(&p);
-    p.prompt = r.prompt;
-    p.negative_prompt = r.negative;
-    p.steps = r.steps;
-    p.guidance_scale = r.guidance;
-    p.width = r.width;
-    p.height = r.height;
-    p.seed = r.seed;
+    params_of(&r, &p);
     char paths[2][512];
     vf_st_file *dump[2] = {NULL, NULL};
     int ok = 1;
