@@ -14,11 +14,14 @@
  *       point and a host allocation failure at every point: a clean error, no
  *       leak (ASan, arena back to empty), and the next run is exact;
  *   (d) SEQUENTIAL: text encoders, UNet and VAE loaded one at a time into one
- *       arena peak at the largest stage, not the sum.
+ *       arena peak at the largest stage, not the sum;
+ *   (e) packed (Q8) weights expanded ahead of their acquire, in order and
+ *       out of order, equal the CPU path's.
  * Activations are still host allocations of the CPU kernels; the arena holds
  * a fixed activation allowance for them, as the planner's estimate will be.
  */
 #include "core/alloc.h"
+#include "core/quant.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "mem/arena.h"
@@ -975,8 +978,97 @@ static vf_status run_stage(vf_checkpoint *ck, comp *cs, int n, vf_arena *a, vf_d
     return st;
 }
 
+/* ---- packed weights expanded ahead ------------------------------------------------ */
+
+static int has_packed(int b)
+{
+    const vf_block *blk = &U.bl.blocks[b];
+    for (int j = 0; j < blk->nw; j++)
+        if (vf_quant_can(VF_DTYPE_Q8, U.bl.w[blk->first_w + j].ndim, U.bl.w[blk->first_w + j].shape))
+            return 1;
+    return 0;
+}
+
+/* Block b's weights through r (acquired by the caller) equal ref's. */
+static void same_as_ref(vf_residency *ref, int b, const float *const *w, const char *when)
+{
+    const float *const *v = NULL;
+    CHECK_OK(vf_residency_acquire(ref, b, &v));
+    const vf_block *blk = &U.bl.blocks[b];
+    int same = w && v;
+    for (int j = 0; same && j < blk->nw; j++) {
+        const vf_wspec *ws = &U.bl.w[blk->first_w + j];
+        same = memcmp(w[j], v[j], sizeof(float) * (size_t)vf_shape_numel(ws->shape, ws->ndim)) == 0;
+    }
+    vf_residency_release(ref, b);
+    CHECK_MSG(same, "block %d '%s' differs %s", b, blk->name, when);
+}
+
+/* Q8 blocks: acquiring one expands the next in execution order into the
+ * other scratch slot (on CUDA on a stream of its own; here at once). In
+ * order, each block then only points at its expansion; out of order, a block
+ * expanded ahead and not acquired is given up when a slot is needed (both
+ * slots taken), and expands again when it is acquired after all. Every
+ * block's weights equal the CPU path's (rounded through Q8) each time. */
+static void test_expand_ahead(void)
+{
+    NEED_UNET();
+    int n = U.bl.nblocks, a = -1, x = -1, y = -1;
+    for (int b = 0; b + 1 < n && a < 0; b++)
+        if (has_packed(b) && has_packed(b + 1))
+            a = b;
+    for (int b = a + 3; b < n && y < 0; b++) {
+        if (!has_packed(b) || (x >= 0 && b == x + 1))
+            continue;
+        if (x < 0)
+            x = b;
+        else
+            y = b;
+    }
+    CHECK_MSG(a >= 0 && y > 0, "tiny-sdxl: no packed blocks to use (a %d, x %d, y %d)", a, x, y);
+    if (a < 0 || y < 0)
+        return;
+    vf_residency_options ro;
+    vf_residency_options_init(&ro);
+    ro.quant = VF_DTYPE_Q8;
+    vf_residency *ref = NULL;
+    CHECK_OK(vf_residency_create(U.ck, &U.bl, &ro, &ref));
+    vf_device *d = sim(0, 0);
+    vf_arena *ar = NULL;
+    vf_residency *r = NULL;
+    CHECK_OK(vf_arena_create(d, 256 * MiB, &ar));
+    vf_residency_options o = ro;
+    o.device = d;
+    o.arena = ar;
+    CHECK_OK(vf_residency_create(U.ck, &U.bl, &o, &r));
+    const float *const *w = NULL, *const *wy = NULL;
+    for (int b = 0; r && ref && b < n; b++) { /* in order: every packed block expanded ahead */
+        CHECK_OK(vf_residency_acquire(r, b, &w));
+        same_as_ref(ref, b, w, "in order");
+        vf_residency_release(r, b);
+    }
+    if (r && ref) {
+        CHECK_OK(vf_residency_acquire(r, a, &w)); /* a + 1 expands ahead */
+        vf_residency_release(r, a);
+        CHECK_OK(vf_residency_acquire(r, x, &w)); /* one slot free: x; none for x + 1 */
+        CHECK_OK(vf_residency_acquire(r, y, &wy)); /* both taken: a + 1 gives its slot up */
+        same_as_ref(ref, y, wy, "in the slot given up");
+        same_as_ref(ref, x, w, "while another block expanded beside it");
+        vf_residency_release(r, y);
+        vf_residency_release(r, x);
+        CHECK_OK(vf_residency_acquire(r, a + 1, &w)); /* expands again */
+        same_as_ref(ref, a + 1, w, "after its expansion ahead was given up");
+        vf_residency_release(r, a + 1);
+    }
+    vf_residency_free(r);
+    CHECK(vf_arena_used(ar) == 0);
+    vf_arena_free(ar);
+    vf_device_free(d);
+    vf_residency_free(ref);
+}
+
 TEST_MAIN(TEST(test_ring_tiers), TEST(test_ring_caches), TEST(test_ring_order), TEST(test_ring_exhausted),
           TEST(test_bad_placements), TEST(test_cpu_device_path), TEST(test_drop_cache),
           TEST(test_budget_sweep), TEST(test_prefetch_overlap), TEST(test_device_alloc_failures),
-          TEST(test_copy_failures), TEST(test_host_alloc_failures), TEST(test_sequential_peak),
+          TEST(test_copy_failures), TEST(test_host_alloc_failures), TEST(test_sequential_peak), TEST(test_expand_ahead),
           TEST(test_unet_close))
