@@ -13,10 +13,7 @@ command -v python3 >/dev/null || { echo "SKIP: python3 not found"; exit 77; }
 model="${VF_SHARED:-}/reference/tiny-sdxl/diffusers"
 [ -d "$model" ] || { echo "SKIP: $model not found (set VF_SHARED)"; exit 77; }
 
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok   $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL $1" >&2; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+. "$(dirname "$0")/check.bash"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -124,5 +121,4 @@ check "--device without a value exits 2" usage_exit --device
 check "--help documents the memory options" \
     grep -q -- '--vram-budget SIZE' "$tmp/help" && grep -q -- '--stats' "$tmp/help" && grep -q 'sim\[:BANDWIDTH\]' "$tmp/help"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -10,10 +10,7 @@ set -u
 : "${VF_CLI:?set VF_CLI to the vramfit binary}"
 src=$(cd "${VF_TESTDATA:-tests/data}/../.." && pwd)
 
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok   $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL $1" >&2; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+. "$(dirname "$0")/check.bash"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -57,5 +54,4 @@ else
         sh -c "grep -q '$src/models/demo' '$tmp/err' && grep -q 'share/vramfit/demo' '$tmp/err' && grep -q -- --model '$tmp/err'"
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

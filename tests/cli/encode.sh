@@ -10,10 +10,7 @@ ref=${VF_SHARED:-}/reference/tiny-sdxl
 [ -n "${VF_SHARED:-}" ] && [ -f "$ref/reference.safetensors" ] || {
     echo "SKIP: ../shared/reference not found (set VF_SHARED)"; exit 77; }
 
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok   $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL $1" >&2; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+. "$(dirname "$0")/check.bash"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -82,5 +79,4 @@ check "encode (single file, no tokenizer) exits 1" test $? -eq 1
 check "  ... and says to pass --tokenizer" grep -q -- "--tokenizer" "$tmp/err"
 check "  ... and writes no output" test ! -e "$tmp/none.safetensors"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -14,10 +14,7 @@ refroot=${VF_SHARED:-}/reference
 [ -n "${VF_SHARED:-}" ] && [ -f "$refroot/tiny-sdxl/reference.safetensors" ] || {
     echo "SKIP: ../shared/reference not found (set VF_SHARED)"; exit 77; }
 
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok   $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL $1" >&2; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+. "$(dirname "$0")/check.bash"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -209,5 +206,4 @@ check "SIGINT during denoising exits 130" test "$rc" -eq 130
 check "  ... says it was cancelled" grep -q "cancelled" "$tmp/err"
 check "  ... and writes no image" test ! -e "$tmp/int.png" -a ! -e "$tmp/int.png.tmp"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -6,10 +6,7 @@ set -u
 : "${VF_CLI:?set VF_CLI to the vramfit binary}"
 command -v python3 >/dev/null || { echo "SKIP: python3 not found"; exit 77; }
 
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok   $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL $1" >&2; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+. "$(dirname "$0")/check.bash"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -64,5 +61,4 @@ check "info --help exits 0 and documents --json" grep -q -- '--json' "$tmp/help"
 "$VF_CLI" info --bogus >/dev/null 2>&1
 check "unknown option exits 2" test $? -eq 2
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -8,10 +8,7 @@ set -u
 [ -n "${VF_SHARED:-}" ] && [ -f "$VF_SHARED/reference/README.md" ] || { echo "SKIP: set VF_SHARED"; exit 77; }
 command -v python3 >/dev/null || { echo "SKIP: python3 not found"; exit 77; }
 
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok   $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL $1" >&2; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+. "$(dirname "$0")/check.bash"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -85,5 +82,4 @@ check "unknown option exits 2" test $? -eq 2
 check "--help exits 0 and documents --config and --json" \
     bash -c "grep -q -- --config '$tmp/help' && grep -q -- --json '$tmp/help'"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -13,10 +13,7 @@ refroot=${VF_SHARED:-}/reference
 data=${VF_TESTDATA:-$(dirname "$0")/../data}/lora
 [ -f "$data/sdxl_peft.safetensors" ] || { echo "FAIL: $data/sdxl_peft.safetensors missing" >&2; exit 1; }
 
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok   $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL $1" >&2; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+. "$(dirname "$0")/check.bash"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -74,5 +71,4 @@ check "a strength that is not finite is a usage error" test "$rc" = 2
 "$VF_CLI" generate --help >"$tmp/help.txt"
 check "--help documents --lora" grep -q -- "--lora PATH\[:STRENGTH\]" "$tmp/help.txt"
 
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish

@@ -11,10 +11,7 @@ set -u
 : "${VF_CLI:?set VF_CLI to the vramfit binary}"
 command -v python3 >/dev/null || { echo "SKIP: python3 not found"; exit 77; }
 
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok   $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL $1" >&2; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+. "$(dirname "$0")/check.bash"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -67,8 +64,7 @@ PY
 ref=${VF_SHARED:-}/reference
 if ! { [ -n "${VF_SHARED:-}" ] && [ -f "$ref/tiny-sd15/reference.safetensors" ]; }; then
     echo "note: ../shared/reference not found (set VF_SHARED); model checks not run"
-    echo "$pass passed, $fail failed"
-    [ "$fail" -eq 0 ]
+    finish
     exit
 fi
 
@@ -170,5 +166,4 @@ for want in ("beside the file", sys.argv[2], "runwayml/stable-diffusion-v1-5/tok
     assert want in m, (want, m)
 PY
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

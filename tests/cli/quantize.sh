@@ -14,10 +14,7 @@ if [ -z "${VF_SHARED:-}" ] || [ ! -f "$VF_SHARED/reference/README.md" ]; then
 fi
 R=$VF_SHARED/reference
 
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok   $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL $1" >&2; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+. "$(dirname "$0")/check.bash"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -116,5 +113,4 @@ check "an existing output file exits 1" test $? -eq 1
 
 check "no temporaries are left" test "$(ls -A "$tmp" | grep -c -e 'tmp-' -e '\.tmp$')" -eq 0
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

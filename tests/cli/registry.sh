@@ -7,10 +7,7 @@
 set -u
 : "${VF_CLI:?set VF_CLI to the vramfit binary}"
 
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok   $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL $1" >&2; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+. "$(dirname "$0")/check.bash"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -47,4 +44,4 @@ check "a missing registry exits 1 naming it" sh -c "test $? -eq 1 && grep -q non
 check "--registry without --model is bad usage (exit 2)" test $? -eq 2
 check "  ... and says --model ID" grep -q -- "--model ID" "$tmp/err"
 
-echo "$pass passed, $fail failed"
+finish

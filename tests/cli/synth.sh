@@ -8,10 +8,7 @@
 set -u
 : "${VF_CLI:?set VF_CLI to the vramfit binary}"
 
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok   $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL $1" >&2; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+. "$(dirname "$0")/check.bash"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -77,5 +74,4 @@ check "synth with a failing write exits 1" test $? -eq 1
 check "  ... and names the file" grep -q "unet/diffusion_pytorch_model.safetensors" "$tmp/err"
 check "  ... and leaves nothing behind" test "$(ls "$tmp" | grep -c full)" -eq 0
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

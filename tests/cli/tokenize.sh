@@ -12,10 +12,7 @@ if [ -z "${VF_SHARED:-}" ] || [ ! -f "$ref/tokenizer_cases.json" ]; then
 fi
 command -v python3 >/dev/null || { echo "SKIP: python3 not found"; exit 77; }
 
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok   $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL $1" >&2; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
+. "$(dirname "$0")/check.bash"
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -79,5 +76,4 @@ rc=$?
 check "invalid UTF-8 exits 1" test $rc -eq 1
 check "... naming the prompt" grep -q 'prompt: not valid UTF-8' "$tmp/err"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish
