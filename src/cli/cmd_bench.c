@@ -233,29 +233,18 @@ static uint64_t pool_peak(bench *b, int reset)
     return s.peak;
 }
 
-/* Arena bytes of weights under the plan (resident + ring), of every component or one. */
-static uint64_t weight_bytes(bench *b, int only)
+/* Arena bytes of weights under the plan (resident + ring): of component
+ * `only` (-1: every one); with stage >= 0 only what is held while that stage
+ * runs: the loaded components kept between stages, and the per-stage ones of
+ * that stage. */
+static uint64_t weight_bytes(bench *b, int only, int stage)
 {
     uint64_t n = 0;
     for (int c = 0; c < VF_COMPONENT_COUNT; c++) {
         vf_component_placement pl;
         if ((only >= 0 && c != only) || vf_model_component_placement(b->m, (vf_component)c, &pl) != VF_OK)
             continue;
-        n += pl.resident_bytes + pl.ring_bytes;
-    }
-    vf_clear_error();
-    return n;
-}
-
-/* Arena bytes of weights held while `stage` runs: the loaded components kept
- * between stages, and the per-stage ones of that stage. */
-static uint64_t stage_weight_bytes(bench *b, vf_generation_step stage)
-{
-    uint64_t n = 0;
-    for (int c = 0; c < VF_COMPONENT_COUNT; c++) {
-        vf_component_placement pl;
-        if (vf_model_component_placement(b->m, (vf_component)c, &pl) != VF_OK || !pl.present ||
-            (pl.per_stage ? pl.stage != stage : !pl.loaded))
+        if (stage >= 0 && (!pl.present || (pl.per_stage ? (int)pl.stage != stage : !pl.loaded)))
             continue;
         n += pl.resident_bytes + pl.ring_bytes;
     }
@@ -513,7 +502,7 @@ static vf_status bench_run(bench *b)
     b->load_s = vf_progress_now() - t;
     vf_be_link_bytes(b->be, &h1, NULL);
     b->load_bytes = h1 - h0;
-    b->weights = weight_bytes(b, -1);
+    b->weights = weight_bytes(b, -1, -1);
     sample_driver(b);
     if (a->vae_only)
         return decode_only(b, a->runs + 2);
@@ -590,10 +579,10 @@ static void report(bench *b)
     const bench_args *a = b->a;
     double enc = median(&b->enc), step = median(&b->step), unet = median(&b->unet), dec = median(&b->dec);
     double vae = median(&b->vae);
-    uint64_t wv = weight_bytes(b, VF_COMPONENT_VAE);
+    uint64_t wv = weight_bytes(b, VF_COMPONENT_VAE, -1);
     /* The arena holds the weights (resident and ring) for the whole run:
      * activations and workspaces are what lies above them. */
-    uint64_t w_unet = stage_weight_bytes(b, VF_STEP_DENOISE), w_dec = stage_weight_bytes(b, VF_STEP_DECODE);
+    uint64_t w_unet = weight_bytes(b, -1, VF_STEP_DENOISE), w_dec = weight_bytes(b, -1, VF_STEP_DECODE);
     uint64_t act_unet = b->pool_peak_unet > w_unet ? b->pool_peak_unet - w_unet : 0;
     uint64_t act_dec = b->pool_peak_dec > w_dec ? b->pool_peak_dec - w_dec : 0;
     uint64_t act_vae = b->pool_peak_vae > w_dec ? b->pool_peak_vae - w_dec : 0;

@@ -639,15 +639,24 @@ static vf_status expand_into(vf_residency *r, int b, const float **ptrs, expand_
     return VF_OK;
 }
 
+/* A scratch slot nobody holds, or -1. */
+static int free_scratch(const vf_residency *r)
+{
+    for (int k = 0; k < SCRATCH_SLOTS; k++)
+        if (!r->scr[k].users)
+            return k;
+    return -1;
+}
+
 /* A scratch slot for an expansion on the compute stream: a free one, else one
  * holding a block expanded ahead that was not acquired after all (compute
  * waits for that expansion before writing over it). -1: none. */
 static int take_scratch(vf_residency *r)
 {
-    for (int k = 0; k < SCRATCH_SLOTS; k++)
-        if (!r->scr[k].users)
-            return k;
-    for (int k = 0; k < SCRATCH_SLOTS; k++) {
+    int k = free_scratch(r);
+    if (k >= 0)
+        return k;
+    for (k = 0; k < SCRATCH_SLOTS; k++) {
         scratch *x = &r->scr[k];
         if (x->ahead < 0 || r->blocks[x->ahead].acquired)
             continue;
@@ -702,10 +711,8 @@ static void expand_ahead(vf_residency *r, int n)
     block_state *s = n >= 0 && !r->no_ahead ? &r->blocks[n] : NULL;
     if (!s || !s->npacked || s->acquired || s->scr >= 0 || s->home != VF_TIER_DEVICE || s->spos >= 0)
         return;
-    int k = 0;
-    while (k < SCRATCH_SLOTS && r->scr[k].users)
-        k++;
-    if (k == SCRATCH_SLOTS)
+    int k = free_scratch(r);
+    if (k < 0)
         return;
     scratch *x = &r->scr[k];
     vf_status st = load_resident(r, n);

@@ -173,10 +173,6 @@ static vf_status cb_event_create(void *impl, void **ev)
 
 static void cb_event_destroy(void *impl, void *ev) { cudaEventDestroy((cudaEvent_t)ev); }
 
-static cudaStream_t stream_of(cuda_be *be, vf_stream s)
-{
-    return s == VF_STREAM_COPY ? be->copy : s == VF_STREAM_EXPAND ? be->expand : be->compute;
-}
 
 static vf_status cb_record(void *impl, void *ev, vf_stream s)
 {

@@ -247,6 +247,12 @@ vf_status cuda_download_fm(void *impl, float *dst, const void *src, int B, int C
 vf_status cuda_upload_conv_weight(void *impl, void *dst, const void *src, vf_dtype src_dtype, int OC, int C,
                                   int KH, int KW);
 /* cuda_quant.cu: a packed quantized weight -> compute dtype, filter layout. */
+/* The CUDA stream behind a backend stream. */
+static inline cudaStream_t stream_of(cuda_be *be, vf_stream s)
+{
+    return s == VF_STREAM_COPY ? be->copy : s == VF_STREAM_EXPAND ? be->expand : be->compute;
+}
+
 vf_status cuda_dequant(void *impl, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH, int KW);
 vf_status cuda_dequant_on(void *impl, vf_stream s, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH,
                           int KW);

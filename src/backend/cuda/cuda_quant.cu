@@ -264,16 +264,14 @@ vf_status dequant_on(cuda_be *be, cudaStream_t st, void *dst, const void *src, v
 
 } // namespace
 
-vf_status cuda_dequant(void *impl, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH, int KW)
-{
-    cuda_be *be = (cuda_be *)impl;
-    return dequant_on(be, be->compute, dst, src, fmt, OC, C, KH, KW);
-}
-
 vf_status cuda_dequant_on(void *impl, vf_stream s, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH,
                           int KW)
 {
     cuda_be *be = (cuda_be *)impl;
-    cudaStream_t st = s == VF_STREAM_EXPAND ? be->expand : s == VF_STREAM_COPY ? be->copy : be->compute;
-    return dequant_on(be, st, dst, src, fmt, OC, C, KH, KW);
+    return dequant_on(be, stream_of(be, s), dst, src, fmt, OC, C, KH, KW);
+}
+
+vf_status cuda_dequant(void *impl, void *dst, const void *src, vf_dtype fmt, int OC, int C, int KH, int KW)
+{
+    return cuda_dequant_on(impl, VF_STREAM_COMPUTE, dst, src, fmt, OC, C, KH, KW);
 }
