@@ -134,13 +134,13 @@ vf_status vf_device_d2h_async(vf_device *d, void *dst, const void *src, uint64_t
     return d->ops->copy_async(d->impl, dst, src, n, 0);
 }
 
-/* Queues a copy and waits for it through a private event. */
 void vf_device_drain(vf_device *d)
 {
     if (d->ops->drain)
         d->ops->drain(d->impl);
 }
 
+/* Queues a copy and waits for it through a private event. */
 static vf_status copy_sync(vf_device *d, void *dst, const void *src, uint64_t n, int to_device)
 {
     vf_event *ev = NULL;
