@@ -50,6 +50,10 @@
 #                              8-bit rows at 2 and 3 GiB.
 #   bench/gpu.sh synthcheck    GPU tests, synthesized SDXL on CUDA against the
 #                              CPU, f16 full and q8/f8 at 2 GiB rows.
+#   bench/gpu.sh search        Q8's scale search, F16 conv_in/conv_out: GPU
+#                              tests, synthesized SDXL against the CPU, the
+#                              full-GPU and 2 GiB rows of f16 and the packed
+#                              formats.
 #   bench/gpu.sh train-demo    trains the demo model (tools/demo/train.py)
 #                              into $OUT/demo.
 #
@@ -334,6 +338,23 @@ if [ "$MODE" = "ahead" ]; then
             VF_CUDA_STACK=driver budget_row q8_2G_driver_stack --dtype q8 --vram-budget 2G | tee -a "$OUT/ahead.txt"
             budget_row q4_2G --dtype q4 --vram-budget 2G | tee -a "$OUT/ahead.txt"
         fi
+    done
+    exit 0
+fi
+
+if [ "$MODE" = "search" ]; then
+    # Q8's scale search and F16 input/output convolutions: the GPU tests, the
+    # synthesized SDXL on CUDA against the CPU, and the packed rows (full GPU,
+    # 2 GiB) beside f16 in the same call
+    "$BIN/test_cuda_ops" 2>&1 | grep -E '^FAIL|passed,' | tee "$OUT/search.log"
+    "$BIN/test_cuda_quant" 2>&1 | tail -2 | tee -a "$OUT/search.log"
+    "$BIN/test_gpu_pipeline" 2>&1 | grep -E 'q8|passed|FAIL' | tee -a "$OUT/search.log"
+    VF_TESTDATA=tests/data "$BIN/test_gpu_pool" 2>&1 | tail -2 | tee -a "$OUT/search.log"
+    synth_sdxl
+    VF_GPU_SYNTH_SDXL=$SX "$BIN/test_gpu_pipeline" 2>&1 | grep -E 'synth|passed' | tee -a "$OUT/search.log"
+    for row in "f16_full" "q8_full --dtype q8" "f8_full --dtype f8" "q8_2G --dtype q8 --vram-budget 2G" \
+               "f8_2G --dtype f8 --vram-budget 2G" "q4_2G --dtype q4 --vram-budget 2G" "f16_2G --vram-budget 2G"; do
+        budget_row $row | tee -a "$OUT/search.log"
     done
     exit 0
 fi

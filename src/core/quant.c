@@ -191,25 +191,70 @@ static void f8_row(const float *x, int64_t K, int64_t Kp, uint8_t *q, float *sca
 
 static float f16r(float x) { return vf_f16_to_f32(vf_f32_to_f16(x)); }
 
-/* Q8 codes of a block for the (F16-exact) scale d; returns the squared error
- * of what dequantizing gives back. */
-static double q8_codes(const float *x, int n, float d, int8_t *q)
+/* The scale search of a Q8 block: candidate scales amax/127 * f for f in
+ * [Q8_LO, Q8_HI], each giving codes to which the scale is then refit by least
+ * squares. Near amax/127 a block's squared rounding error varies by about 16%
+ * (its standard deviation) from one scale to the next, so the best of a few
+ * nearby scales is worth keeping: 16 candidates lower the RMS weight error by
+ * 12% on uniform and 11% on Gaussian blocks (test_error_bounds measures it),
+ * at the same 8.5 bits a weight. The format does not change: files quantized
+ * before read the same. The loops are branch-free over 32 floats so that the
+ * compiler vectorises them (SSE2 here: 15 M weights a second a core): rounding
+ * adds and subtracts 1.5 * 2^23, which rounds half to even like nearbyintf
+ * for |v| < 2^22 (a scale is never far below amax/127, so |v| stays near
+ * 127), and the clamp is arithmetic, exact on integers. */
+#define Q8_CANDIDATES 16
+#define Q8_LO 0.995f
+#define Q8_HI 1.05f
+#define ROUND_MAGIC 12582912.0f
+
+/* Sums run in LANES partial sums so that the compiler may vectorise them
+ * (it keeps the order of a single float sum). */
+#define LANES 8
+
+static float lane_sum(const float *acc)
 {
-    double sse = 0;
-    float inv = d != 0 ? 1.0f / d : 0.0f;
-    for (int i = 0; i < n; i++) {
-        float v = nearbyintf(x[i] * inv);
-        v = v > 127 ? 127 : v < -127 ? -127 : v;
-        q[i] = (int8_t)v;
-        double e = (double)x[i] - (double)(d * v);
-        sse += e * e;
-    }
-    return sse;
+    float s = 0;
+    for (int l = 0; l < LANES; l++)
+        s += acc[l];
+    return s;
 }
 
-/* One Q8 block of n <= 32 values: q gets 32 bytes, sc the F16 scale
- * amax/127. (A least-squares refit of the scale, as Q4 does, lowers the RMS
- * weight error by only 4% here: 255 levels leave little to gain.) */
+/* Codes of a zero-padded block of 32 for inverse scale inv, as floats;
+ * returns sum x q and (through sqq) sum q^2. */
+static float q8_try(const float *restrict x, float inv, float *restrict q, float *restrict sqq)
+{
+    float axq[LANES] = {0}, aqq[LANES] = {0};
+    for (int i = 0; i < VF_QUANT_BLOCK; i += LANES) {
+        for (int l = 0; l < LANES; l++) {
+            /* round, then clamp to +-127 without a branch (exact on integers) */
+            float v = (x[i + l] * inv + ROUND_MAGIC) - ROUND_MAGIC;
+            v = 0.5f * (fabsf(v + 127.0f) - fabsf(v - 127.0f));
+            q[i + l] = v;
+            axq[l] += x[i + l] * v;
+            aqq[l] += v * v;
+        }
+    }
+    *sqq = lane_sum(aqq);
+    return lane_sum(axq);
+}
+
+/* Squared error of d q against x over a zero-padded block of 32. */
+static float q8_sse(const float *x, const float *q, float d)
+{
+    float acc[LANES] = {0};
+    for (int i = 0; i < VF_QUANT_BLOCK; i += LANES) {
+        for (int l = 0; l < LANES; l++) {
+            float r = x[i + l] - d * q[i + l];
+            acc[l] += r * r;
+        }
+    }
+    return lane_sum(acc);
+}
+
+/* One Q8 block of n <= 32 values: q gets 32 bytes, sc the F16 scale. Starts
+ * from amax/127 (every value within half a step) and keeps a searched scale
+ * only when it lowers the block's squared error. */
 static vf_status q8_block(const float *x, int n, int8_t *q, uint8_t *sc)
 {
     float amax = 0;
@@ -219,8 +264,25 @@ static vf_status q8_block(const float *x, int n, int8_t *q, uint8_t *sc)
     if (isinf(d))
         return vf_error(VF_ERR_INVALID_ARG, "magnitude %g is past the range of a Q8 block scale (F16)",
                         (double)amax);
+    float xb[VF_QUANT_BLOCK] = {0}, best[VF_QUANT_BLOCK], cand[VF_QUANT_BLOCK], sqq;
+    memcpy(xb, x, (size_t)n * sizeof *x);
+    q8_try(xb, d > 0 ? 1.0f / d : 0.0f, best, &sqq);
+    float be = q8_sse(xb, best, d);
+    for (int k = 0; k < Q8_CANDIDATES && be > 0; k++) {
+        float f = Q8_LO + (Q8_HI - Q8_LO) * (float)k / (Q8_CANDIDATES - 1);
+        float sxq = q8_try(xb, 127.0f / (amax * f), cand, &sqq);
+        float dk = sqq > 0 ? f16r(sxq / sqq) : 0.0f;
+        if (!(dk > 0) || isinf(dk))
+            continue;
+        float e = q8_sse(xb, cand, dk);
+        if (e < be) {
+            be = e, d = dk;
+            memcpy(best, cand, sizeof best);
+        }
+    }
     memset(q, 0, VF_QUANT_BLOCK);
-    q8_codes(x, n, d, q);
+    for (int i = 0; i < n; i++)
+        q[i] = (int8_t)best[i];
     store_f16(sc, d);
     return VF_OK;
 }

@@ -81,8 +81,8 @@ typedef struct vf_plan_resources {
  *   F32   everything F32
  *   F16   UNet F16, text encoders F32, VAE F16 (F32 where its config asks
  *         for force_upcast): the assignment the offload ladder is stated for
- *   Q8    UNet and text encoders Q8 (weights vf_quant_can() refuses in F16),
- *         VAE as at F16 */
+ *   Q8    UNet and text encoders Q8 (weights vf_quant_can() refuses, and those
+ *         vf_weight_stays_unpacked() names, in F16), VAE as at F16 */
 typedef enum vf_plan_rung {
     VF_RUNG_CHOOSE = 0,           /* AUTO chooses (the default)              */
     VF_RUNG_F32,

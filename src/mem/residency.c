@@ -137,7 +137,7 @@ static uint64_t image_align(vf_dtype dt) { return dt == VF_DTYPE_F32 ? 1 : IMAGE
 /* 1 when weight w is stored packed in q (F8_E4M3, Q8, Q4) in a block image. */
 static int packed(vf_dtype q, const vf_wspec *w)
 {
-    return vf_quant_is_packed(q) && vf_quant_can(q, w->ndim, w->shape);
+    return vf_quant_is_packed(q) && !w->unpacked && vf_quant_can(q, w->ndim, w->shape);
 }
 
 static uint64_t align_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
@@ -249,7 +249,7 @@ static vf_status convert_weight(vf_residency *r, const vf_wspec *w, void *dst, f
     VF_TRY(vf_checkpoint_read_f32(r->ck, w->t, f));
     if (r->opt.patch)
         VF_TRY(r->opt.patch(r->opt.patch_ctx, w, f));
-    if (!r->dev && q != VF_DTYPE_F32)
+    if (!r->dev && q != VF_DTYPE_F32 && !(vf_quant_is_packed(q) && w->unpacked))
         VF_TRY(vf_quant_roundtrip(q, f, w->ndim, w->shape)); /* the CPU computes what a device would */
     if (f == dst && !ohwi)
         return VF_OK;

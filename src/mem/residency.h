@@ -67,7 +67,8 @@ typedef struct vf_residency_options {
      * weight of a non-F32 image starts on a 256-byte boundary. */
     vf_dtype image_dtype;         /* default F32                                          */
     int image_ohwi;
-    /* Quantized storage: weights vf_quant_can packs (core/quant.h) are held in
+    /* Quantized storage: weights vf_quant_can packs (core/quant.h), except
+     * those vf_weight_stays_unpacked names (model/blocks.h), are held in
      * this format (F8_E4M3, Q8, Q4) in the device image, the host copies and
      * the ring (what the arena holds and the link carries) and expanded into
      * one of two scratch slots in the arena right before use. On the CPU path

@@ -9,6 +9,17 @@
 #include <stdio.h>
 #include <string.h>
 
+int vf_weight_stays_unpacked(vf_component c, const char *name)
+{
+    static const char *const unet[] = {"conv_in.weight", "conv_out.weight"};
+    static const char *const vae[] = {"encoder.conv_in.weight", "decoder.conv_out.weight"};
+    const char *const *list = c == VF_COMPONENT_UNET ? unet : c == VF_COMPONENT_VAE ? vae : NULL;
+    for (int i = 0; list && name && i < 2; i++)
+        if (strcmp(name, list[i]) == 0)
+            return 1;
+    return 0;
+}
+
 void vf_bl_init(vf_blocklist *bl, vf_component comp)
 {
     memset(bl, 0, sizeof *bl);
@@ -97,6 +108,7 @@ int vf_bl_weight(vf_blocklist *bl, const char *name, int ndim, int64_t d0, int64
     int64_t d[4] = {d0, d1, d2, d3};
     w->ndim = ndim;
     memcpy(w->shape, d, sizeof(int64_t) * (size_t)ndim);
+    w->unpacked = vf_weight_stays_unpacked(bl->comp, w->name);
     bl->nw++;
     return b->nw++;
 }

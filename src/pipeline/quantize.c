@@ -20,6 +20,7 @@
 #include "io/json.h"
 #include "io/outdir.h"
 #include "io/safetensors.h"
+#include "model/blocks.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -112,6 +113,7 @@ typedef struct src_info {
     const vf_st_tensor *src;
     int comp;
     int transposed;               /* some canonical view reads it transposed */
+    int unpacked;                 /* a weight vf_weight_stays_unpacked names */
 } src_info;
 
 typedef struct qz {
@@ -142,17 +144,20 @@ static vf_status build_info(qz *z)
     for (int c = 0; c < VF_COMPONENT_COUNT; c++) {
         for (size_t i = 0; i < vf_checkpoint_count(z->ck, (vf_component)c); i++) {
             const vf_ckpt_tensor *t = vf_checkpoint_at(z->ck, (vf_component)c, i);
-            z->info[z->ninfo++] = (src_info){t->src, c, t->transpose};
+            z->info[z->ninfo++] =
+                (src_info){t->src, c, t->transpose, vf_weight_stays_unpacked((vf_component)c, t->name)};
         }
     }
     qsort(z->info, z->ninfo, sizeof *z->info, cmp_src);
     /* several views of one stored tensor (fused q/k/v): one entry */
     size_t k = 0;
     for (size_t i = 0; i < z->ninfo; i++) {
-        if (k && z->info[k - 1].src == z->info[i].src)
+        if (k && z->info[k - 1].src == z->info[i].src) {
             z->info[k - 1].transposed |= z->info[i].transposed;
-        else
+            z->info[k - 1].unpacked |= z->info[i].unpacked;
+        } else {
             z->info[k++] = z->info[i];
+        }
     }
     z->ninfo = k;
     return VF_OK;
@@ -160,7 +165,7 @@ static vf_status build_info(qz *z)
 
 static const src_info *lookup(const qz *z, const vf_st_tensor *t)
 {
-    src_info key = {t, 0, 0};
+    src_info key = {t, 0, 0, 0};
     return bsearch(&key, z->info, z->ninfo, sizeof *z->info, cmp_src);
 }
 
@@ -182,7 +187,7 @@ static tplan decide(const qz *z, const vf_st_tensor *t)
     int floaty = t->packed || vf_dtype_is_float(t->dtype);
     if (!info || !(z->mask & (1u << info->comp)) || !floaty || p.rows * p.cols == 0)
         return p;
-    if (vf_quant_is_packed(fmt) && !info->transposed && vf_quant_can(fmt, t->ndim, t->shape)) {
+    if (vf_quant_is_packed(fmt) && !info->transposed && !info->unpacked && vf_quant_can(fmt, t->ndim, t->shape)) {
         if (!(t->packed && t->dtype == fmt))
             p.act = ACT_PACK, p.out = fmt;
     } else if (vf_quant_is_packed(fmt)) {

@@ -9,8 +9,10 @@
  * core/quant.h for the packed formats):
  *   F16 / BF16   every float tensor of the chosen components converted;
  *   F8 / Q8 / Q4 every weight vf_quant_can() accepts packed; the rest (biases,
- *                norms, short rows, a tensor some layout reads transposed)
- *                keeps its stored dtype, so nothing loses precision it need not.
+ *                norms, short rows, a tensor some layout reads transposed,
+ *                the input and output convolutions vf_weight_stays_unpacked
+ *                names) keeps its stored dtype, so nothing loses precision it
+ *                need not.
  * Tensors inference does not use and components not chosen are copied as they
  * are. An input that is already quantized is dequantized and quantized again.
  *

@@ -430,6 +430,12 @@ static void test_dtype_policy_moves_rungs(void)
 
 /* Exact bytes of a component stored in fmt, from the weight shapes: packed
  * where vf_quant_can() takes the weight, F16 elsewhere. */
+/* The UNet's input and output convolutions stay F16 in packed formats. */
+static int unet_io_conv(vf_component c, const char *name)
+{
+    return c == VF_COMPONENT_UNET && (strcmp(name, "conv_in.weight") == 0 || strcmp(name, "conv_out.weight") == 0);
+}
+
 static uint64_t packed_component_bytes(vf_component c, vf_dtype fmt, uint64_t *largest_block)
 {
     uint64_t total = 0;
@@ -443,8 +449,8 @@ static uint64_t packed_component_bytes(vf_component c, vf_dtype fmt, uint64_t *l
             for (int d = 1; d < w->ndim; d++)
                 cols *= w->shape[d];
             params += (uint64_t)(w->shape[0] * cols);
-            total += vf_quant_can(fmt, w->ndim, w->shape) ? vf_quant_packed_bytes(fmt, w->shape[0], cols)
-                                                          : (uint64_t)(w->shape[0] * cols) * 2;
+            int pack = vf_quant_can(fmt, w->ndim, w->shape) && !unet_io_conv(c, w->name);
+            total += pack ? vf_quant_packed_bytes(fmt, w->shape[0], cols) : (uint64_t)(w->shape[0] * cols) * 2;
         }
         *largest_block = params > *largest_block ? params : *largest_block;
     }
@@ -492,7 +498,8 @@ static void test_dtype_auto_thresholds(void)
 }
 
 /* Packed storage counts packed bytes, exactly: per block the packed size of
- * every weight the format takes and F16 for the rest; the activation region
+ * every weight the format takes and F16 for the rest (the UNet's conv_in and
+ * conv_out among them: they stay F16); the activation region
  * grows by the F16 buffer of the largest block, which dequantizes into it. */
 static void test_dtype_packed_bytes(void)
 {
