@@ -948,9 +948,8 @@ static vf_status resolve_request(const vf_plan_model *pm, const vf_plan_request 
     return VF_OK;
 }
 
-/* Bytes of block b of bl stored in each packed format: a weight the format
- * takes (vf_quant_can, not w->unpacked) packed, any other in F16 (the
- * compute dtype). */
+/* Bytes of block b of bl stored in each packed format: a weight stored packed
+ * (vf_wspec_packed) at its packed size, any other in F16 (the compute dtype). */
 static void block_packed_bytes(const vf_blocklist *bl, int b, uint64_t out[3])
 {
     static const vf_dtype fmts[3] = {VF_DTYPE_F8_E4M3, VF_DTYPE_Q8, VF_DTYPE_Q4};
@@ -963,9 +962,8 @@ static void block_packed_bytes(const vf_blocklist *bl, int b, uint64_t out[3])
             cols *= w->shape[d];
         n = w->ndim ? w->shape[0] * cols : 1;
         for (int f = 0; f < 3; f++)
-            out[f] += !w->unpacked && vf_quant_can(fmts[f], w->ndim, w->shape)
-                          ? vf_quant_packed_bytes(fmts[f], w->shape[0], cols)
-                          : (uint64_t)n * 2;
+            out[f] += vf_wspec_packed(fmts[f], w) ? vf_quant_packed_bytes(fmts[f], w->shape[0], cols)
+                                                  : (uint64_t)n * 2;
     }
 }
 

@@ -134,21 +134,15 @@ static void host_add(vf_residency *r, int64_t delta)
 
 static uint64_t image_align(vf_dtype dt) { return dt == VF_DTYPE_F32 ? 1 : IMAGE_ALIGN; }
 
-/* 1 when weight w is stored packed in q (F8_E4M3, Q8, Q4) in a block image. */
-static int packed(vf_dtype q, const vf_wspec *w)
-{
-    return vf_quant_is_packed(q) && !w->unpacked && vf_quant_can(q, w->ndim, w->shape);
-}
-
 static uint64_t align_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 
 /* Bytes of w in an image of dtype dt whose quantizable weights are packed in q. */
 static uint64_t weight_image_bytes(const vf_wspec *w, vf_dtype dt, vf_dtype q)
 {
     int64_t numel = vf_shape_numel(w->shape, w->ndim);
-    uint64_t n = packed(q, w) ? vf_quant_packed_bytes(q, w->shape[0], numel / w->shape[0])
+    uint64_t n = vf_wspec_packed(q, w) ? vf_quant_packed_bytes(q, w->shape[0], numel / w->shape[0])
                               : (uint64_t)numel * vf_dtype_size(dt);
-    return align_up(n, packed(q, w) ? IMAGE_ALIGN : image_align(dt));
+    return align_up(n, vf_wspec_packed(q, w) ? IMAGE_ALIGN : image_align(dt));
 }
 
 /* Weights are packed in device images only: the CPU path rounds them in place. */
@@ -180,7 +174,7 @@ static uint64_t block_expanded_bytes(const vf_blocklist *bl, int b, vf_dtype dt,
     const vf_block *blk = &bl->blocks[b];
     uint64_t n = 0;
     for (int j = 0; j < blk->nw; j++)
-        if (packed(q, &bl->w[blk->first_w + j]))
+        if (vf_wspec_packed(q, &bl->w[blk->first_w + j]))
             n += weight_expanded_bytes(&bl->w[blk->first_w + j], dt);
     return n;
 }
@@ -224,7 +218,7 @@ static vf_status convert_weight(vf_residency *r, const vf_wspec *w, void *dst, f
     size_t n = (size_t)vf_shape_numel(w->shape, w->ndim), esz = vf_dtype_size(r->opt.image_dtype);
     int ohwi = r->opt.image_ohwi && w->ndim == 4 && w->shape[2] * w->shape[3] > 1;
     vf_dtype q = r->opt.quant;
-    if (r->dev && packed(q, w)) {
+    if (r->dev && vf_wspec_packed(q, w)) {
         /* the device image holds it packed: a `vramfit quantize` file's bytes
          * as they are, else quantized here (after the patch: LoRAs included) */
         if (!r->opt.patch && w->t->packed && w->t->dtype == q)
@@ -619,7 +613,7 @@ static vf_status expand_into(vf_residency *r, int b, const float **ptrs, expand_
     uint64_t at = 0;
     for (int j = 0; j < blk->nw; j++) {
         const vf_wspec *w = &r->bl->w[blk->first_w + j];
-        if (!packed(r->opt.quant, w))
+        if (!vf_wspec_packed(r->opt.quant, w))
             continue;
         int64_t numel = vf_shape_numel(w->shape, w->ndim);
         int four = w->ndim == 4, OC = (int)w->shape[0];
@@ -1008,7 +1002,7 @@ static vf_status device_setup(vf_residency *r)
         uint64_t e = block_expanded_bytes(bl, b, r->opt.image_dtype, r->opt.quant);
         r->scr_bytes = e > r->scr_bytes ? e : r->scr_bytes;
         for (int j = 0; j < bl->blocks[b].nw; j++)
-            s->npacked += packed(r->opt.quant, &bl->w[bl->blocks[b].first_w + j]);
+            s->npacked += vf_wspec_packed(r->opt.quant, &bl->w[bl->blocks[b].first_w + j]);
         s->slot = -1;
         s->spos = -1;
         s->trace_at = -1;

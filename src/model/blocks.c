@@ -4,6 +4,7 @@
 #include "model/blocks.h"
 #include "core/alloc.h"
 #include "core/dtype.h"
+#include "core/quant.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,6 +19,11 @@ int vf_weight_stays_unpacked(vf_component c, const char *name)
         if (strcmp(name, list[i]) == 0)
             return 1;
     return 0;
+}
+
+int vf_wspec_packed(vf_dtype fmt, const vf_wspec *w)
+{
+    return vf_quant_is_packed(fmt) && !w->unpacked && vf_quant_can(fmt, w->ndim, w->shape);
 }
 
 void vf_bl_init(vf_blocklist *bl, vf_component comp)

@@ -36,6 +36,10 @@ typedef struct vf_wspec {
  * to 0.82%) for 46 KB more (bench/RESULTS.md). Quantizers commonly leave a
  * model's first and last layers unquantized for the same reason. */
 int vf_weight_stays_unpacked(vf_component c, const char *name);
+/* 1 when w is stored packed in fmt: fmt is F8_E4M3, Q8 or Q4, the format
+ * takes w's shape (vf_quant_can) and w is not one that stays unpacked. The
+ * residency and the planner both count bytes by it. */
+int vf_wspec_packed(vf_dtype fmt, const vf_wspec *w);
 
 typedef struct vf_block {
     char *name;                   /* prefix, e.g. "text_model.encoder.layers.0" */
