@@ -147,6 +147,13 @@ synth_sdxl() {
     echo "synth: $((($(date +%s%N) - s) / 1000000)) ms"
 }
 
+gpu_tests() { # $1: the log; the four GPU test binaries, their summary lines
+    "$BIN/test_cuda_ops" 2>&1 | grep -E '^FAIL|passed,' | tee "$1"
+    "$BIN/test_cuda_quant" 2>&1 | tail -3 | tee -a "$1"
+    "$BIN/test_gpu_pipeline" 2>&1 | grep -E 'q8|passed|FAIL' | tee -a "$1"
+    VF_TESTDATA=tests/data "$BIN/test_gpu_pool" 2>&1 | tail -2 | tee -a "$1"
+}
+
 budget_row() { # $1: label, $2..: extra bench arguments
     local label=$1; shift
     "$BIN/vramfit" bench --model $SX --width 1024 --height 1024 --steps 3 --cfg 5 --runs 2 --backend cuda:f16 \
@@ -312,12 +319,7 @@ if [ "$MODE" = "ahead" ]; then
     # the smaller per-thread stack: the GPU tests, then the rows (set
     # VF_AHEAD_ROWS to choose: full = full-GPU with and without expansion
     # ahead, budget = 2 and 3 GiB)
-    if [ -z "${VF_AHEAD_NO_TESTS:-}" ]; then
-        "$BIN/test_cuda_ops" 2>&1 | grep -E '^FAIL|passed,' | tee "$OUT/ahead_tests.log"
-        "$BIN/test_cuda_quant" 2>&1 | tail -3 | tee -a "$OUT/ahead_tests.log"
-        "$BIN/test_gpu_pipeline" 2>&1 | grep -E 'q8|passed|FAIL' | tee -a "$OUT/ahead_tests.log"
-        VF_TESTDATA=tests/data "$BIN/test_gpu_pool" 2>&1 | tail -2 | tee -a "$OUT/ahead_tests.log"
-    fi
+    [ -z "${VF_AHEAD_NO_TESTS:-}" ] && gpu_tests "$OUT/ahead_tests.log"
     synth_sdxl
     echo "== ahead rows: SDXL 1024x1024 CFG 5 (3 steps, medians of 2 runs)" | tee "$OUT/ahead.txt"
     for set in ${VF_AHEAD_ROWS:-full budget}; do
@@ -346,10 +348,7 @@ if [ "$MODE" = "search" ]; then
     # Q8's scale search and F16 input/output convolutions: the GPU tests, the
     # synthesized SDXL on CUDA against the CPU, and the packed rows (full GPU,
     # 2 GiB) beside f16 in the same call
-    "$BIN/test_cuda_ops" 2>&1 | grep -E '^FAIL|passed,' | tee "$OUT/search.log"
-    "$BIN/test_cuda_quant" 2>&1 | tail -2 | tee -a "$OUT/search.log"
-    "$BIN/test_gpu_pipeline" 2>&1 | grep -E 'q8|passed|FAIL' | tee -a "$OUT/search.log"
-    VF_TESTDATA=tests/data "$BIN/test_gpu_pool" 2>&1 | tail -2 | tee -a "$OUT/search.log"
+    gpu_tests "$OUT/search.log"
     synth_sdxl
     VF_GPU_SYNTH_SDXL=$SX "$BIN/test_gpu_pipeline" 2>&1 | grep -E 'synth|passed' | tee -a "$OUT/search.log"
     for row in "f16_full" "q8_full --dtype q8" "f8_full --dtype f8" "q8_2G --dtype q8 --vram-budget 2G" \

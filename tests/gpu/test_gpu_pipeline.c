@@ -15,6 +15,7 @@
  * Errors are max|gpu - ref| / max|ref| per tensor; every one is printed.
  */
 #include "gpu_test.h"
+#include "../unit/ref_params.h"
 
 #include "io/json.h"
 #include "io/safetensors.h"
@@ -22,13 +23,6 @@
 #include <math.h>
 #include <stdint.h>
 #include <unistd.h>
-
-typedef struct ref_params {
-    char prompt[256], negative[256];
-    int steps, width, height;
-    float guidance;
-    uint64_t seed;
-} ref_params;
 
 static char g_tmp[256];
 
@@ -42,25 +36,6 @@ static const char *tmp_path(const char *name)
     }
     snprintf(buf, sizeof buf, "%s/%s", g_tmp, name);
     return buf;
-}
-
-static int read_ref_params(const char *shared, const char *name, ref_params *r)
-{
-    char path[512];
-    cJSON *j = NULL;
-    snprintf(path, sizeof path, "%s/reference/%s/reference.json", shared, name);
-    if (vf_json_load(path, &j) != VF_OK)
-        return 0;
-    int bad = 0;
-    snprintf(r->prompt, sizeof r->prompt, "%s", vf_json_str(j, "prompt", "", &bad));
-    snprintf(r->negative, sizeof r->negative, "%s", vf_json_str(j, "negative_prompt", "", &bad));
-    r->steps = (int)vf_json_num(j, "steps", 0, &bad);
-    r->width = (int)vf_json_num(j, "width", 0, &bad);
-    r->height = (int)vf_json_num(j, "height", 0, &bad);
-    r->guidance = (float)vf_json_num(j, "guidance_scale", 0, &bad);
-    r->seed = (uint64_t)vf_json_num(j, "seed", 0, &bad);
-    cJSON_Delete(j);
-    return !bad && r->steps > 0;
 }
 
 static float *read_tensor(vf_st_file *f, const char *name, size_t *n)
@@ -143,19 +118,6 @@ static int generate(const char *path, const char *cfgdir, const char *backend, v
     return st == VF_OK;
 }
 
-/* The reference's request as generate parameters. */
-static void params_of(const ref_params *r, vf_generate_params *p)
-{
-    vf_generate_params_init(p);
-    p->prompt = r->prompt;
-    p->negative_prompt = r->negative;
-    p->steps = r->steps;
-    p->guidance_scale = r->guidance;
-    p->width = r->width;
-    p->height = r->height;
-    p->seed = r->seed;
-}
-
 static void reference_run(const char *name, int single, const char *backend, double tol)
 {
     SKIP_WITHOUT_SHARED(shared);
@@ -168,7 +130,7 @@ static void reference_run(const char *name, int single, const char *backend, dou
     snprintf(ref, sizeof ref, "%s/reference/%s/reference.safetensors", shared, name);
     snprintf(label, sizeof label, "%s %s %s", name, single ? "single" : "diffusers", backend);
     vf_generate_params p;
-    params_of(&r, &p);
+    ref_to_params(&r, &p);
     const char *dump = tmp_path("ref.safetensors");
     vf_st_file *got = NULL, *want = NULL;
     if (generate(single ? file : dir, single ? dir : NULL, backend, &p, dump) &&
@@ -239,7 +201,7 @@ static void test_sdxl_q8_expand_ahead(void)
     CHECK(read_ref_params(shared, "tiny-sdxl", &r));
     snprintf(dir, sizeof dir, "%s/reference/tiny-sdxl/diffusers", shared);
     vf_generate_params p;
-    params_of(&r, &p);
+    ref_to_params(&r, &p);
     char paths[2][512];
     vf_st_file *dump[2] = {NULL, NULL};
     int ok = 1;

@@ -9,6 +9,7 @@
  * bad parameters are refused with messages that name them.
  */
 #include "test.h"
+#include "ref_params.h"
 
 #include "core/alloc.h"
 #include "io/json.h"
@@ -18,13 +19,6 @@
 #include <unistd.h>
 
 #define TOL 1e-4
-
-typedef struct ref_params {
-    char prompt[256], negative[256];
-    int steps, width, height;
-    float guidance;
-    uint64_t seed;
-} ref_params;
 
 static char g_tmpdir[256];
 
@@ -45,27 +39,6 @@ static const char *tmp_path(const char *name)
     }
     snprintf(buf, sizeof buf, "%s/%s", g_tmpdir, name);
     return buf;
-}
-
-static int read_ref_params(const char *shared, const char *name, ref_params *r)
-{
-    char path[512];
-    cJSON *j = NULL;
-    snprintf(path, sizeof path, "%s/reference/%s/reference.json", shared, name);
-    if (vf_json_load(path, &j) != VF_OK) {
-        fprintf(stderr, "%s\n", vf_last_error());
-        return 0;
-    }
-    int bad = 0;
-    snprintf(r->prompt, sizeof r->prompt, "%s", vf_json_str(j, "prompt", "", &bad));
-    snprintf(r->negative, sizeof r->negative, "%s", vf_json_str(j, "negative_prompt", "", &bad));
-    r->steps = (int)vf_json_num(j, "steps", 0, &bad);
-    r->width = (int)vf_json_num(j, "width", 0, &bad);
-    r->height = (int)vf_json_num(j, "height", 0, &bad);
-    r->guidance = (float)vf_json_num(j, "guidance_scale", 0, &bad);
-    r->seed = (uint64_t)vf_json_num(j, "seed", 0, &bad);
-    cJSON_Delete(j);
-    return !bad && r->steps > 0;
 }
 
 /* An F32 tensor of f as a new buffer; *n receives its element count. */
@@ -132,18 +105,6 @@ static vf_status open_model(const char *shared, const char *name, int single, vf
     o.tokenizer_dir = dir;
     o.config_dir = dir;
     return vf_model_open(path, &o, m);
-}
-
-static void ref_to_params(const ref_params *r, vf_generate_params *p)
-{
-    vf_generate_params_init(p);
-    p->prompt = r->prompt;
-    p->negative_prompt = r->negative;
-    p->steps = r->steps;
-    p->guidance_scale = r->guidance;
-    p->width = r->width;
-    p->height = r->height;
-    p->seed = r->seed;
 }
 
 /* One full parity run of fixture `name` from one layout. */
