@@ -193,17 +193,23 @@ check "  ... the PNG matches the reference image and parameters" \
 
 # --- Ctrl-C ------------------------------------------------------------------
 # Job control on, so the background run gets SIGINT like a foreground one would.
+# Its stderr goes to a file of its own, emptied before the start: the child
+# truncates its redirection only after the fork, so a file an earlier run
+# filled could show "denoise 1/" to the loop below before the handler exists.
+: >"$tmp/int.err"
 set -m
 "$VF_CLI" generate --model "$x" --prompt "a cat" --steps 1000 --width 256 --height 256 \
-    --output "$tmp/int.png" >"$tmp/out" 2>"$tmp/err" &
+    --output "$tmp/int.png" >"$tmp/out" 2>"$tmp/int.err" &
 pid=$!
-for _ in $(seq 600); do grep -q "^denoise 1/" "$tmp/err" 2>/dev/null && break; sleep 0.1; done
+seen=0
+for _ in $(seq 600); do grep -q "^denoise 1/" "$tmp/int.err" && seen=1 && break; sleep 0.1; done
 kill -INT "$pid"
 wait "$pid"
 rc=$?
 set +m
+check "denoising started within 60 s" test "$seen" -eq 1
 check "SIGINT during denoising exits 130" test "$rc" -eq 130
-check "  ... says it was cancelled" grep -q "cancelled" "$tmp/err"
+check "  ... says it was cancelled" grep -q "cancelled" "$tmp/int.err"
 check "  ... and writes no image" test ! -e "$tmp/int.png" -a ! -e "$tmp/int.png.tmp"
 
 finish
