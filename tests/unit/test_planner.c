@@ -15,6 +15,7 @@
  * below 8 GB, F16 from 8 to 12 GB and F32 above (the documented thresholds).
  */
 #include "test.h"
+#include "io_convs.h"
 
 #include "core/alloc.h"
 #include "core/error.h"
@@ -429,13 +430,8 @@ static void test_dtype_policy_moves_rungs(void)
 /* ---- the dtype policy ------------------------------------------------------------------ */
 
 /* Exact bytes of a component stored in fmt, from the weight shapes: packed
- * where vf_quant_can() takes the weight, F16 elsewhere. */
-/* The UNet's input and output convolutions stay F16 in packed formats. */
-static int unet_io_conv(vf_component c, const char *name)
-{
-    return c == VF_COMPONENT_UNET && (strcmp(name, "conv_in.weight") == 0 || strcmp(name, "conv_out.weight") == 0);
-}
-
+ * where vf_quant_can() takes the weight and it is not an input or output
+ * convolution, F16 elsewhere. */
 static uint64_t packed_component_bytes(vf_component c, vf_dtype fmt, uint64_t *largest_block)
 {
     uint64_t total = 0;
@@ -449,7 +445,7 @@ static uint64_t packed_component_bytes(vf_component c, vf_dtype fmt, uint64_t *l
             for (int d = 1; d < w->ndim; d++)
                 cols *= w->shape[d];
             params += (uint64_t)(w->shape[0] * cols);
-            int pack = vf_quant_can(fmt, w->ndim, w->shape) && !unet_io_conv(c, w->name);
+            int pack = vf_quant_can(fmt, w->ndim, w->shape) && !is_io_conv(c, w->name);
             total += pack ? vf_quant_packed_bytes(fmt, w->shape[0], cols) : (uint64_t)(w->shape[0] * cols) * 2;
         }
         *largest_block = params > *largest_block ? params : *largest_block;

@@ -17,6 +17,7 @@
 #include "model/unet.h"
 #include "pipeline/quantize.h"
 #include "test.h"
+#include "io_convs.h"
 #include "test_tmp.h"
 
 #include <math.h>
@@ -568,22 +569,12 @@ static vf_status quantize_to(const char *in, const char *out, vf_dtype fmt, cons
     return vf_quantize_checkpoint(in, out, &o, NULL);
 }
 
-/* The convolutions that read a model's input or write its output: never
- * packed, kept as stored. */
-static int io_conv(vf_component c, const char *name)
-{
-    static const char *const unet[] = {"conv_in.weight", "conv_out.weight"};
-    static const char *const vae[] = {"encoder.conv_in.weight", "decoder.conv_out.weight"};
-    for (int i = 0; i < 2; i++)
-        if ((c == VF_COMPONENT_UNET && strcmp(name, unet[i]) == 0) || (c == VF_COMPONENT_VAE && strcmp(name, vae[i]) == 0))
-            return 1;
-    return 0;
-}
-
 /* Every canonical tensor of the quantized checkpoint q against the original a:
  * packed exactly when the format takes its shape (and it is not read
- * transposed, nor an input or output convolution), nbytes the packed size, the packed bytes those of quantizing
- * the original, and read_f32 the original's quantize-dequantize, bit for bit. */
+ * transposed, nor an input or output convolution), nbytes the packed size,
+ * the packed bytes those of quantizing the original, and read_f32 the
+ * original's quantize-dequantize, bit for bit. *nkept counts the input and
+ * output convolutions a packed format left as stored. */
 static void compare_checkpoints(const vf_checkpoint *a, const vf_checkpoint *q, vf_dtype fmt, int *npacked,
                                 int *nkept)
 {
@@ -600,8 +591,8 @@ static void compare_checkpoints(const vf_checkpoint *a, const vf_checkpoint *q, 
             for (int d = 1; d < ta->ndim; d++)
                 cols *= ta->shape[d];
             int want_packed = vf_quant_is_packed(fmt) && !ta->transpose && vf_quant_can(fmt, ta->ndim, ta->shape) &&
-                              !io_conv((vf_component)c, ta->name);
-            *nkept += vf_quant_is_packed(fmt) && io_conv((vf_component)c, ta->name) && !tq->packed &&
+                              !is_io_conv((vf_component)c, ta->name);
+            *nkept += vf_quant_is_packed(fmt) && is_io_conv((vf_component)c, ta->name) && !tq->packed &&
                       tq->dtype == ta->dtype;
             CHECK_MSG(tq->packed == want_packed, "%s: packed %d", ta->name, tq->packed);
             float *fa = malloc((size_t)n * sizeof *fa + 4), *fq = malloc((size_t)n * sizeof *fq + 4);

@@ -21,7 +21,6 @@
  * a fixed activation allowance for them, as the planner's estimate will be.
  */
 #include "core/alloc.h"
-#include "core/quant.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "mem/arena.h"
@@ -980,11 +979,12 @@ static vf_status run_stage(vf_checkpoint *ck, comp *cs, int n, vf_arena *a, vf_d
 
 /* ---- packed weights expanded ahead ------------------------------------------------ */
 
+/* 1 when block b holds a weight stored packed in Q8 (the residency's rule). */
 static int has_packed(int b)
 {
     const vf_block *blk = &U.bl.blocks[b];
     for (int j = 0; j < blk->nw; j++)
-        if (vf_quant_can(VF_DTYPE_Q8, U.bl.w[blk->first_w + j].ndim, U.bl.w[blk->first_w + j].shape))
+        if (vf_wspec_packed(VF_DTYPE_Q8, &U.bl.w[blk->first_w + j]))
             return 1;
     return 0;
 }
