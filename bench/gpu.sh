@@ -180,6 +180,16 @@ print(f"{label:>6}  {d['strategy']:<11} step {d['step_ms']:8.1f} ms  unet {d['un
 PYEOF
 }
 
+synth_check_rows() { # $1: the log, $2..: budget_row argument lists; appends to the log
+    local log=$1; shift
+    synth_sdxl
+    VF_GPU_SYNTH_SDXL=$SX "$BIN/test_gpu_pipeline" 2>&1 | grep -E 'synth|passed' | tee -a "$log"
+    local row
+    for row in "$@"; do
+        budget_row $row | tee -a "$log"
+    done
+}
+
 if [ "$MODE" = "parity" ]; then
     "$BIN/test_cuda_ops" 2>&1 | grep -E '^FAIL|passed,' | tee "$OUT/checks.log"
     "$BIN/test_gpu_pipeline" 2>&1 | tee -a "$OUT/checks.log"
@@ -349,25 +359,18 @@ if [ "$MODE" = "search" ]; then
     # synthesized SDXL on CUDA against the CPU, and the packed rows (full GPU,
     # 2 GiB) beside f16 in the same call
     gpu_tests "$OUT/search.log"
-    synth_sdxl
-    VF_GPU_SYNTH_SDXL=$SX "$BIN/test_gpu_pipeline" 2>&1 | grep -E 'synth|passed' | tee -a "$OUT/search.log"
-    for row in "f16_full" "q8_full --dtype q8" "f8_full --dtype f8" "q8_2G --dtype q8 --vram-budget 2G" \
-               "f8_2G --dtype f8 --vram-budget 2G" "q4_2G --dtype q4 --vram-budget 2G" "f16_2G --vram-budget 2G"; do
-        budget_row $row | tee -a "$OUT/search.log"
-    done
+    synth_check_rows "$OUT/search.log" "f16_full" "q8_full --dtype q8" "f8_full --dtype f8" \
+        "q8_2G --dtype q8 --vram-budget 2G" "f8_2G --dtype f8 --vram-budget 2G" "q4_2G --dtype q4 --vram-budget 2G" \
+        "f16_2G --vram-budget 2G"
     exit 0
 fi
 
 if [ "$MODE" = "synthcheck" ]; then
     # after the synth's initialisation changed: the GPU tests, the synthesized
     # SDXL on CUDA against the CPU, and the q8/f8 rows at 2 GiB on it
-    "$BIN/test_cuda_ops" 2>&1 | grep -E '^FAIL|passed,' | tee "$OUT/synthcheck.log"
-    "$BIN/test_gpu_pipeline" 2>&1 | grep -E '^FAIL|passed' | tee -a "$OUT/synthcheck.log"
-    synth_sdxl
-    VF_GPU_SYNTH_SDXL=$SX "$BIN/test_gpu_pipeline" 2>&1 | grep -E 'synth|passed' | tee -a "$OUT/synthcheck.log"
-    for row in "f16_full" "q8_2G --dtype q8 --vram-budget 2G" "f8_2G --dtype f8 --vram-budget 2G"; do
-        budget_row $row | tee -a "$OUT/synthcheck.log"
-    done
+    gpu_tests "$OUT/synthcheck.log"
+    synth_check_rows "$OUT/synthcheck.log" "f16_full" "q8_2G --dtype q8 --vram-budget 2G" \
+        "f8_2G --dtype f8 --vram-budget 2G"
     exit 0
 fi
 

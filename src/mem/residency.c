@@ -140,9 +140,9 @@ static uint64_t align_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 static uint64_t weight_image_bytes(const vf_wspec *w, vf_dtype dt, vf_dtype q)
 {
     int64_t numel = vf_shape_numel(w->shape, w->ndim);
-    uint64_t n = vf_wspec_packed(q, w) ? vf_quant_packed_bytes(q, w->shape[0], numel / w->shape[0])
-                              : (uint64_t)numel * vf_dtype_size(dt);
-    return align_up(n, vf_wspec_packed(q, w) ? IMAGE_ALIGN : image_align(dt));
+    if (vf_wspec_packed(q, w))
+        return align_up(vf_quant_packed_bytes(q, w->shape[0], numel / w->shape[0]), IMAGE_ALIGN);
+    return align_up((uint64_t)numel * vf_dtype_size(dt), image_align(dt));
 }
 
 /* Weights are packed in device images only: the CPU path rounds them in place. */
